@@ -1,0 +1,523 @@
+"""Experiments as data: the paper's three GRPO runs (Table 5) and a CPU-sized demo of each.
+
+`load_experiment(exp, profile, **overrides)` is the one entry point. Every field has a one-line
+docstring (the string under it); `describe()` prints them next to their values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXPERIMENTS = (1, 2, 3)
+PROFILES = ("auto", "demo", "paper")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+FORMAT_MODES = ("prefilled_think", "strict")
+VLLM_MODES = ("server", "colocate")
+
+PAPER_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+PAPER_GPUS = 4  # 4×A40: 3 training processes + 1 vLLM server
+
+SMOKE_ENV = "OPENRS_SMOKE"
+
+
+def smoke_default() -> bool:
+    """True when $OPENRS_SMOKE is set: notebooks shrink to a seconds-long run (the test suite sets it)."""
+    return os.environ.get(SMOKE_ENV, "") not in ("", "0", "false", "False")
+
+
+def project_root() -> Path:
+    """The checkout holding this package (where runs/ lives); the current folder for other installs."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """Resolve a relative path against the project root, so notebooks work from any working folder."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def default_run_dir(smoke: bool) -> Path:
+    """Where notebooks write: runs/demo for the full tutorial, runs/smoke for the test suite's quick runs."""
+    return project_path("runs/smoke" if smoke else "runs/demo")
+
+
+# The authors' system prompt (exp 2/3), reworded with the same content. R1-Distill's chat template
+# already opens the assistant turn with "<think>\n", so the model continues inside the think block.
+SYSTEM_PROMPT = (
+    "A conversation between User and Assistant. The User asks a question and the Assistant "
+    "solves it. The Assistant first reasons about the problem step by step and then gives the "
+    "User the answer, with the final answer inside \\boxed{}. The reasoning is enclosed in "
+    "<think> </think> tags and the answer in <answer> </answer> tags, i.e. "
+    "<think> reasoning here </think> <answer> answer here </answer>."
+)
+# Experiment 3's addition, quoted from the paper (Section 3, Experiment 3).
+ENGLISH_ONLY = " Reply in English only, do not use other languages."
+
+# Table 5 of the paper, verbatim. `table5_check()` maps each row onto the preset.
+TABLE5: dict[str, Any] = {
+    "bf16": True,
+    "use_vllm": True,
+    "vllm_device": "auto",
+    "vllm_enforce_eager": True,
+    "vllm_gpu_memory_utilization": 0.7,
+    "vllm_max_model_len": 4608,
+    "do_eval": False,
+    "output_dir": "data/OpenRS-GRPO",
+    "overwrite_output_dir": True,
+    "gradient_accumulation_steps": 4,
+    "gradient_checkpointing": True,
+    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "learning_rate": 1.0e-06,
+    "lr_scheduler_type": "cosine_with_min_lr",
+    "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+    "warmup_ratio": 0.1,
+    "max_steps": 500,
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 6,
+    "per_device_eval_batch_size": 6,
+    "max_prompt_length": 512,
+    "max_completion_length": (3584, 4096),
+    "num_generations": 6,
+    "temperature": 0.7,
+    "seed": 42,
+    "log_completions": True,
+    "log_level": "info",
+    "logging_first_step": True,
+    "logging_steps": 1,
+    "logging_strategy": "steps",
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "report_to": "wandb",
+    "reward_funcs": ("format", "accuracy (cosine)"),
+    "reward_weights": (1.0, 2.0),
+    "hub_model_id": "OpenRS-GRPO",
+    "hub_strategy": "every_save",
+    "push_to_hub": True,
+}
+
+# Table 5 rows that TRL 1.16 / transformers 5 no longer accept, and where each went.
+TABLE5_GONE = {
+    "vllm_device": "vLLM runs as its own server process on the 4th GPU (recipes/, train.launch_plan)",
+    "vllm_enforce_eager": "a `vllm serve` flag now (--enforce-eager), set in the launch plan",
+    "vllm_max_model_len": "renamed vllm_max_model_length",
+    "overwrite_output_dir": "removed from transformers 5; resume=False starts a fresh output_dir",
+    "warmup_ratio": "transformers 5 reads a float warmup_steps < 1 as a ratio",
+    "max_prompt_length": "TRL 1.16 no longer truncates prompts: data.build_prompts drops longer ones",
+    "output_dir": "chosen per run (04_train's output_dir parameter)",
+    "reward_funcs": "reward_funcs, named by openrs_nb.rewards.REWARDS keys",
+    "reward_weights": "reward_weights",
+    "max_completion_length": "3584 (exp 2, 3) or 4096 (exp 1)",
+}
+# Rows we deliberately do not copy; each is one parameter away.
+TABLE5_DEVIATIONS = {
+    "report_to": "metrics go to output_dir/metrics.jsonl; pass report_to='wandb' to log there too",
+    "push_to_hub": "pushing is opt-in (-p push_to_hub True) so a tutorial run never uploads by surprise",
+    "hub_model_id": "only used when push_to_hub is on",
+    "hub_strategy": "only used when push_to_hub is on",
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """One GRPO run: the paper's Table 5, its per-experiment choices, and the TRL 1.16 port."""
+
+    exp: int = 3
+    """Which experiment of the paper: 1 (open-s1), 2 (open-rs mix) or 3 (mix + cosine reward)."""
+    profile: str = "demo"
+    """'demo' (embedded model and data, CPU-sized) or 'paper' (Hub model and data, 4×A40)."""
+
+    # --- model and data -------------------------------------------------------------------------
+    model_name_or_path: str = "demo"
+    """Policy to train: a Hub id, a local path, or 'demo' (the embedded SmolLM2-135M-Instruct)."""
+    dataset: str = "demo"
+    """Training data: a Hub id, a local JSONL/Parquet path, or 'demo' (generated math problems)."""
+    dataset_size: int | None = None
+    """Rows of training data to use (None = all). The demo generator makes this many."""
+    system_prompt: str = SYSTEM_PROMPT
+    """System message of every training prompt (exp 3 appends the English-only sentence)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: 'sdpa' works everywhere; 'flash_attention_2' if flash-attn is installed."""
+
+    # --- rewards --------------------------------------------------------------------------------
+    reward_funcs: list[str] = field(default_factory=lambda: ["format", "accuracy"])
+    """Reward functions by name (keys of openrs_nb.rewards.REWARDS), summed with reward_weights."""
+    reward_weights: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    """Weight of each reward (Table 5: format 1.0, accuracy or cosine 2.0)."""
+    format_mode: str = "prefilled_think"
+    """'prefilled_think': template ends the prompt with <think> (R1-Distill); 'strict': it does not."""
+    cosine_max_len: int = 3584
+    """Length (characters) at which the cosine reward reaches its long-answer value (exp 3)."""
+
+    # --- Table 5: optimisation --------------------------------------------------------------------
+    learning_rate: float = 1.0e-6
+    """Peak learning rate (Table 5)."""
+    lr_scheduler_type: str = "cosine_with_min_lr"
+    """Cosine decay that stops at min_lr_rate × peak (Table 5)."""
+    min_lr_rate: float = 0.1
+    """Floor of the cosine schedule as a fraction of the peak learning rate (Table 5)."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming up (Table 5; passed to transformers 5 as warmup_steps=0.1)."""
+    max_steps: int = 500
+    """Optimizer steps (Table 5: 500; the paper reports checkpoints at steps 100, 50, 50)."""
+    per_device_train_batch_size: int = 6
+    """Completions per device per micro-batch (Table 5: 6 = one prompt's group)."""
+    gradient_accumulation_steps: int = 4
+    """Micro-batches per optimizer step (Table 5: 4)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward to save memory (Table 5, use_reentrant False)."""
+    bf16: bool = True
+    """bfloat16 mixed precision (Table 5); off on CPU."""
+    seed: int = 42
+    """Random seed (Table 5)."""
+
+    # --- Table 5: generation ----------------------------------------------------------------------
+    num_generations: int = 6
+    """G, completions sampled per prompt; the group of Eq. 3 (Table 5: 6)."""
+    max_prompt_length: int = 512
+    """Longest prompt in tokens; longer prompts are dropped in the data step (Table 5: 512)."""
+    max_completion_length: int = 3584
+    """Longest completion in tokens (Table 5: 4096 for exp 1, 3584 for exp 2 and 3)."""
+    temperature: float = 0.7
+    """Sampling temperature of training rollouts (Table 5)."""
+
+    # --- Table 5: logging and saving ----------------------------------------------------------------
+    logging_steps: int = 1
+    """Log every step (Table 5)."""
+    save_steps: int = 50
+    """Checkpoint every this many steps (Table 5: 50)."""
+    log_completions: bool = True
+    """Log sample completions each logging step (Table 5)."""
+    report_to: str = "none"
+    """Extra trackers for transformers ('wandb', 'tensorboard'); metrics.jsonl is always written."""
+    push_to_hub: bool = False
+    """Push checkpoints to the Hub as hub_model_id (Table 5 pushes; opt-in here)."""
+    hub_model_id: str = "OpenRS-GRPO"
+    """Hub repository name used when push_to_hub is on (Table 5)."""
+
+    # --- TRL 1.16 port (GUIDE §1): what the authors' Feb-2025 TRL did by default ------------------
+    beta: float = 0.04
+    """KL coefficient β of Eq. 1 (old TRL default; TRL 1.16 defaults to 0.0)."""
+    epsilon: float = 0.2
+    """Clipping range ε of Eq. 1."""
+    loss_type: str = "bnpo"
+    """Token normalisation: 'bnpo' = Σ loss·mask / Σ mask per micro-batch, as the authors' TRL."""
+    scale_rewards: bool = True
+    """Divide advantages by the group std (Eq. 3); False gives Dr. GRPO's unscaled advantages."""
+    vllm_importance_sampling_correction: bool = False
+    """TRL 1.16 corrects for vLLM/trainer log-prob mismatch; the authors' TRL did not."""
+    use_bias_correction_kl: bool = False
+    """TRL 1.16 option to importance-weight the KL term; off, as in the authors' TRL."""
+
+    # --- hardware and launch ------------------------------------------------------------------------
+    use_vllm: bool = True
+    """Generate rollouts with vLLM (Table 5); the CPU demo uses transformers generate."""
+    vllm_mode: str = "server"
+    """'server': vLLM on its own GPU, training on the rest; 'colocate': both on each GPU."""
+    vllm_gpu_memory_utilization: float = 0.7
+    """Share of the vLLM GPU's memory vLLM may take (Table 5)."""
+    vllm_max_model_length: int = 4608
+    """vLLM context length = max prompt + max completion (Table 5: 4608)."""
+    num_gpus: int = PAPER_GPUS
+    """GPUs on each machine; in server mode one serves vLLM and num_gpus − 1 train."""
+    num_machines: int = 1
+    """Machines for a multi-node accelerate launch (server mode: vLLM runs on machine 0)."""
+    use_cpu: bool = False
+    """Train on CPU (the demo profile)."""
+
+    # --- LoRA (any profile) ---------------------------------------------------------------------------
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights: fits Binder's 2 GB or one small GPU."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (effective scale alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layers that get adapters."""
+
+    # --- demo-only: format priming ----------------------------------------------------------------------
+    sft_steps: int = 0
+    """Supervised format-priming steps before GRPO (demo only; the paper needs none, see 04_train)."""
+    sft_examples: int = 64
+    """Worked examples the format-priming step trains on."""
+    sft_learning_rate: float = 5e-5
+    """Learning rate of the format-priming step."""
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def train_processes(self) -> int:
+        """Training processes across all machines (server mode leaves one GPU to vLLM)."""
+        per_machine = self.num_gpus - 1 if (self.use_vllm and self.vllm_mode == "server") else self.num_gpus
+        return 1 if self.use_cpu else max(1, per_machine) * self.num_machines
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Distinct prompts per optimizer step (paper: 3 × 6 × 4 / 6 = 12)."""
+        completions = self.train_processes * self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return completions // self.num_generations
+
+    def grpo_kwargs(self, output_dir: str = "runs/train") -> dict[str, Any]:
+        """Keyword arguments of `trl.GRPOConfig` for this run (inspectable on any machine)."""
+        kw: dict[str, Any] = dict(
+            output_dir=str(output_dir),
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            lr_scheduler_kwargs={"min_lr_rate": self.min_lr_rate},
+            warmup_steps=self.warmup_ratio,  # transformers 5: a float < 1 is a ratio
+            max_steps=self.max_steps,
+            num_train_epochs=1,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            gradient_checkpointing=self.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if self.gradient_checkpointing else None,
+            bf16=self.bf16,
+            seed=self.seed,
+            num_generations=self.num_generations,
+            max_completion_length=self.max_completion_length,
+            temperature=self.temperature,
+            beta=self.beta,
+            epsilon=self.epsilon,
+            loss_type=self.loss_type,
+            scale_rewards="group" if self.scale_rewards else "none",
+            reward_weights=list(self.reward_weights),
+            use_vllm=self.use_vllm,
+            logging_steps=self.logging_steps,
+            logging_first_step=True,
+            log_level="info",
+            log_completions=self.log_completions,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            do_eval=False,
+            per_device_eval_batch_size=self.per_device_train_batch_size,
+            report_to=self.report_to,
+            push_to_hub=self.push_to_hub,
+            use_cpu=self.use_cpu,
+            use_bias_correction_kl=self.use_bias_correction_kl,
+            model_init_kwargs={"attn_implementation": self.attn_implementation},
+        )
+        if self.push_to_hub:
+            kw.update(hub_model_id=self.hub_model_id, hub_strategy="every_save")
+        if self.use_vllm:
+            kw.update(
+                vllm_mode=self.vllm_mode,
+                vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                vllm_max_model_length=self.vllm_max_model_length,
+                vllm_importance_sampling_correction=self.vllm_importance_sampling_correction,
+            )
+        return kw
+
+    def to_grpo_config(self, output_dir: str = "runs/train"):
+        """Build the `trl.GRPOConfig` (needs hardware that supports the settings, e.g. bf16)."""
+        from trl import GRPOConfig
+
+        return GRPOConfig(**self.grpo_kwargs(output_dir))
+
+    def describe(self) -> str:
+        """Every field with its value and docstring, for the notebook and logs."""
+        docs = field_docs()
+        lines = [f"Experiment {self.exp}, profile {self.profile!r}"]
+        for f in dataclasses.fields(self):
+            lines.append(f"  {f.name:36s} = {getattr(self, f.name)!r:<30}  # {docs.get(f.name, '')}")
+        return "\n".join(lines)
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> its docstring, read from this module's source."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(ExperimentConfig))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = nxt.value.value
+    return docs
+
+
+# Per-experiment choices from the paper text (Section 3).
+_PAPER_EXPERIMENTS: dict[int, dict[str, Any]] = {
+    1: dict(dataset="knoveleng/open-s1", reward_funcs=["format", "accuracy"], max_completion_length=4096),
+    2: dict(dataset="knoveleng/open-rs", reward_funcs=["format", "accuracy"], max_completion_length=3584),
+    3: dict(
+        dataset="knoveleng/open-rs",
+        reward_funcs=["format", "cosine"],
+        max_completion_length=3584,
+        cosine_max_len=3584,
+        system_prompt=SYSTEM_PROMPT + ENGLISH_ONLY,
+    ),
+}
+
+# The demo keeps each experiment's rewards and prompt but shrinks everything to a 2-core CPU:
+# SmolLM2-135M, ≤64-token completions, 8 completions a step, a short format-priming SFT first.
+# Measured settings from GUIDE §2; the learning signal they give is shown in 04_train.
+_DEMO: dict[str, Any] = dict(
+    model_name_or_path="demo",
+    dataset="demo",
+    dataset_size=512,
+    format_mode="strict",
+    learning_rate=1e-5,
+    lr_scheduler_type="constant_with_warmup",
+    warmup_ratio=0.0,
+    max_steps=40,
+    per_device_train_batch_size=8,
+    gradient_accumulation_steps=1,
+    gradient_checkpointing=False,
+    bf16=False,
+    num_generations=4,
+    max_prompt_length=256,
+    max_completion_length=64,
+    temperature=1.0,
+    save_steps=10,
+    cosine_max_len=200,
+    use_vllm=False,
+    num_gpus=0,
+    use_cpu=True,
+    sft_steps=8,
+)
+
+
+def cuda_gpu_count() -> int:
+    """Number of visible CUDA GPUs (0 when torch or CUDA is missing)."""
+    if importlib.util.find_spec("torch") is None:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_profile(profile: str, verbose: bool = True) -> str:
+    """Turn 'auto' into 'paper' (≥ 4 CUDA GPUs) or 'demo', and say which and why."""
+    _check_choice("profile", profile, PROFILES)
+    if profile != "auto":
+        return profile
+    n = cuda_gpu_count()
+    chosen = "paper" if n >= PAPER_GPUS else "demo"
+    if verbose:
+        why = f"{n} CUDA GPU(s) visible; the paper profile needs {PAPER_GPUS}"
+        print(f"[openrs_nb] profile='auto' chose {chosen!r}: {why}.")
+    return chosen
+
+
+def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> ExperimentConfig:
+    """The config of experiment `exp` (1, 2, 3) for `profile` ('auto', 'demo', 'paper').
+
+    Overrides replace fields by name (`learning_rate=5e-6`); unknown names and invalid values
+    raise ValueError before anything heavy happens.
+    """
+    _check_choice("exp", exp, EXPERIMENTS)
+    profile = resolve_profile(profile)
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"exp", "profile"}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; valid names: {', '.join(sorted(names))}")
+    values: dict[str, Any] = dict(exp=exp, profile=profile, **_PAPER_EXPERIMENTS[exp])
+    if profile == "demo":
+        values.update(_DEMO)
+    values.update(overrides)
+    cfg = ExperimentConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    validate(cfg)
+    return cfg
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Accept papermill/CLI spellings: ints for floats, 'true'/'false' for bools."""
+    ftype = ExperimentConfig.__dataclass_fields__[name].type
+    if ftype == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if ftype == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if ftype == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Raise ValueError naming the first invalid field and what would be valid."""
+    _check_choice("exp", cfg.exp, EXPERIMENTS)
+    _check_choice("profile", cfg.profile, PROFILES[1:])
+    _check_choice("loss_type", cfg.loss_type, LOSS_TYPES)
+    _check_choice("format_mode", cfg.format_mode, FORMAT_MODES)
+    _check_choice("vllm_mode", cfg.vllm_mode, VLLM_MODES)
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(f.type)
+        if expected and (not isinstance(v, expected) or (f.type != "bool" and isinstance(v, bool))):
+            raise ValueError(f"{f.name}={v!r} should be of type {f.type}")
+    positive = ["max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_prompt_length",
+                "max_completion_length", "logging_steps", "save_steps", "cosine_max_len", "lora_r", "lora_alpha",
+                "num_machines", "sft_examples"]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must be a positive integer")
+    for name in ("learning_rate", "temperature"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must be > 0")
+    for name in ("beta", "epsilon", "sft_steps", "num_gpus", "sft_learning_rate"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio={cfg.warmup_ratio!r} must be in [0, 1)")
+    if not 0 <= cfg.min_lr_rate <= 1:
+        raise ValueError(f"min_lr_rate={cfg.min_lr_rate!r} must be in [0, 1]")
+    if cfg.num_generations < 2:
+        raise ValueError(f"num_generations={cfg.num_generations} must be >= 2: a group of one has no baseline")
+    if cfg.per_device_train_batch_size % cfg.num_generations:
+        # TRL accepts any batch whose global generation batch divides by G; we keep groups inside one
+        # device's micro-batch so that each group's advantages are computed from the same step.
+        raise ValueError(
+            f"per_device_train_batch_size={cfg.per_device_train_batch_size} must be a multiple of "
+            f"num_generations={cfg.num_generations}"
+        )
+    if len(cfg.reward_funcs) != len(cfg.reward_weights) or not cfg.reward_funcs:
+        raise ValueError(
+            f"reward_funcs {cfg.reward_funcs} and reward_weights {cfg.reward_weights} need the same non-zero length"
+        )
+    from openrs_nb.rewards import REWARDS
+
+    bad = [r for r in cfg.reward_funcs if r not in REWARDS]
+    if bad:
+        raise ValueError(f"unknown reward(s) {bad}; choose from {', '.join(sorted(REWARDS))}")
+    if cfg.bf16 and cfg.use_cpu:
+        raise ValueError("bf16=True with use_cpu=True: CPU training here runs in fp32; set bf16 False")
+    if cfg.use_vllm and cfg.use_cpu:
+        raise ValueError("use_vllm=True needs CUDA GPUs; the CPU demo generates with transformers (use_vllm False)")
+    if cfg.use_vllm and cfg.vllm_mode == "server" and cfg.num_gpus < 2:
+        raise ValueError(f"vllm_mode='server' needs num_gpus >= 2 (one serves vLLM), got {cfg.num_gpus}; "
+                         "use vllm_mode='colocate' on one GPU")
+
+
+def table5_check(cfg: ExperimentConfig) -> list[tuple[str, Any, Any, str]]:
+    """Each Table 5 row as (row, paper value, preset value, how it maps), for display and tests."""
+    kw = cfg.grpo_kwargs()
+    rows = []
+    for key, paper in TABLE5.items():
+        if key in TABLE5_DEVIATIONS:
+            rows.append((key, paper, kw.get(key, getattr(cfg, key, None)), "deviation: " + TABLE5_DEVIATIONS[key]))
+        elif key in TABLE5_GONE:
+            ours = {
+                "vllm_max_model_len": cfg.vllm_max_model_length,
+                "warmup_ratio": kw["warmup_steps"],
+                "max_prompt_length": cfg.max_prompt_length,
+                "reward_funcs": cfg.reward_funcs,
+                "reward_weights": kw["reward_weights"],
+                "max_completion_length": cfg.max_completion_length,
+            }.get(key)
+            rows.append((key, paper, ours, TABLE5_GONE[key]))
+        else:
+            rows.append((key, paper, kw.get(key), "same"))
+    return rows
