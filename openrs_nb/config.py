@@ -139,6 +139,8 @@ class ExperimentConfig:
     """Training data: a Hub id, a local JSONL/Parquet path, or 'demo' (generated math problems)."""
     dataset_size: int | None = None
     """Rows of training data to use (None = all). The demo generator makes this many."""
+    demo_levels: list[int] = field(default_factory=lambda: [1])
+    """Difficulty levels of generated demo problems (1 = two-number addition … 5 = word problems)."""
     system_prompt: str = SYSTEM_PROMPT
     """System message of every training prompt (exp 3 appends the English-only sentence)."""
     attn_implementation: str = "sdpa"
@@ -192,7 +194,7 @@ class ExperimentConfig:
     save_steps: int = 50
     """Checkpoint every this many steps (Table 5: 50)."""
     log_completions: bool = True
-    """Log sample completions each logging step (Table 5)."""
+    """TRL prints and saves sample completions each step (Table 5); completions.jsonl is written anyway."""
     report_to: str = "none"
     """Extra trackers for transformers ('wandb', 'tensorboard'); metrics.jsonl is always written."""
     push_to_hub: bool = False
@@ -223,6 +225,8 @@ class ExperimentConfig:
     """Share of the vLLM GPU's memory vLLM may take (Table 5)."""
     vllm_max_model_length: int = 4608
     """vLLM context length = max prompt + max completion (Table 5: 4608)."""
+    vllm_server_base_url: str | None = None
+    """URL of the vLLM server in server mode (launch_plan sets it; None = TRL's localhost:8000)."""
     num_gpus: int = PAPER_GPUS
     """GPUs on each machine; in server mode one serves vLLM and num_gpus − 1 train."""
     num_machines: int = 1
@@ -290,6 +294,7 @@ class ExperimentConfig:
             scale_rewards="group" if self.scale_rewards else "none",
             reward_weights=list(self.reward_weights),
             use_vllm=self.use_vllm,
+            logging_strategy="steps",
             logging_steps=self.logging_steps,
             logging_first_step=True,
             log_level="info",
@@ -302,7 +307,8 @@ class ExperimentConfig:
             push_to_hub=self.push_to_hub,
             use_cpu=self.use_cpu,
             use_bias_correction_kl=self.use_bias_correction_kl,
-            model_init_kwargs={"attn_implementation": self.attn_implementation},
+            model_init_kwargs={"attn_implementation": self.attn_implementation,
+                               "dtype": "bfloat16" if self.bf16 else "float32"},
         )
         if self.push_to_hub:
             kw.update(hub_model_id=self.hub_model_id, hub_strategy="every_save")
@@ -313,6 +319,8 @@ class ExperimentConfig:
                 vllm_max_model_length=self.vllm_max_model_length,
                 vllm_importance_sampling_correction=self.vllm_importance_sampling_correction,
             )
+            if self.vllm_mode == "server" and self.vllm_server_base_url:
+                kw["vllm_server_base_url"] = self.vllm_server_base_url
         return kw
 
     def to_grpo_config(self, output_dir: str = "runs/train"):
@@ -378,6 +386,7 @@ _DEMO: dict[str, Any] = dict(
     max_completion_length=64,
     temperature=1.0,
     save_steps=10,
+    log_completions=False,
     cosine_max_len=200,
     use_vllm=False,
     num_gpus=0,
@@ -393,6 +402,21 @@ def cuda_gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def memory_limit_gib() -> float:
+    """Memory this process may use: the cgroup limit (containers, Binder) or the machine's RAM."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text) / 2**30
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+LORA_BELOW_GIB = 4.0  # a full fp32 fine-tune of the 135M demo model with Adam peaks near 2.2 GB
 
 
 def resolve_profile(profile: str, verbose: bool = True) -> str:
@@ -420,9 +444,13 @@ def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> Ex
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid names: {', '.join(sorted(names))}")
-    values: dict[str, Any] = dict(exp=exp, profile=profile, **_PAPER_EXPERIMENTS[exp])
+    values: dict[str, Any] = dict(exp=exp, profile=profile, model_name_or_path=PAPER_MODEL, **_PAPER_EXPERIMENTS[exp])
     if profile == "demo":
         values.update(_DEMO)
+        if "lora" not in overrides and memory_limit_gib() < LORA_BELOW_GIB:
+            values["lora"] = True
+            print(f"[openrs_nb] {memory_limit_gib():.1f} GiB of memory: the demo trains LoRA adapters (lora=True) "
+                  f"instead of all weights; pass lora=False to override.")
     values.update(overrides)
     cfg = ExperimentConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(cfg)

