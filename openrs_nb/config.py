@@ -58,6 +58,11 @@ SYSTEM_PROMPT = (
 )
 # Experiment 3's addition, quoted from the paper (Section 3, Experiment 3).
 ENGLISH_ONLY = " Reply in English only, do not use other languages."
+# The demo's shorter instructions with the same format (a 102-token system prompt would double the
+# sequence length the CPU has to train on).
+DEMO_SYSTEM_PROMPT = (
+    "Reason step by step inside <think> </think>, then give the final answer as <answer>\\boxed{answer}</answer>."
+)
 
 # Table 5 of the paper, verbatim. `table5_check()` maps each row onto the preset.
 TABLE5: dict[str, Any] = {
@@ -446,7 +451,7 @@ def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> Ex
         raise ValueError(f"unknown config field(s) {unknown}; valid names: {', '.join(sorted(names))}")
     values: dict[str, Any] = dict(exp=exp, profile=profile, model_name_or_path=PAPER_MODEL, **_PAPER_EXPERIMENTS[exp])
     if profile == "demo":
-        values.update(_DEMO)
+        values.update(_DEMO, system_prompt=DEMO_SYSTEM_PROMPT + (ENGLISH_ONLY if exp == 3 else ""))
         if "lora" not in overrides and memory_limit_gib() < LORA_BELOW_GIB:
             values["lora"] = True
             print(f"[openrs_nb] {memory_limit_gib():.1f} GiB of memory: the demo trains LoRA adapters (lora=True) "

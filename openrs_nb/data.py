@@ -383,16 +383,11 @@ def report(step: str, kept: Dataset, removed: Dataset, verbose: bool = True) -> 
 
 def _split(ds: Dataset, reasons: list[str | None], extra: dict[str, list] | None = None) -> tuple[Dataset, Dataset]:
     """(rows whose reason is None, the others with a `reason` column); `extra` columns go on both."""
-    if extra:
-        for name, values in extra.items():
-            ds = ds.remove_columns(name) if name in ds.column_names else ds
-            ds = ds.add_column(name, values)
-    keep = [i for i, r in enumerate(reasons) if r is None]
-    drop = [i for i, r in enumerate(reasons) if r is not None]
-    removed = ds.select(drop)
-    removed = removed.remove_columns("reason") if "reason" in removed.column_names else removed
-    removed = removed.add_column("reason", [reasons[i] for i in drop]) if drop else removed.add_column("reason", [])
-    kept = ds.select(keep)
+    for name, values in {**(extra or {}), "reason": [r or "" for r in reasons]}.items():
+        ds = ds.remove_columns(name) if name in ds.column_names else ds
+        ds = ds.add_column(name, values)
+    kept = ds.select([i for i, r in enumerate(reasons) if r is None]).remove_columns("reason")
+    removed = ds.select([i for i, r in enumerate(reasons) if r is not None])
     return kept, removed
 
 
@@ -417,10 +412,10 @@ def filter_boxed(ds: Dataset, *, return_removed: bool = False, timeout: float = 
     (via openrs_nb.grading). Returns the kept rows, or (kept, removed) with `return_removed=True`."""
     from openrs_nb.grading import grade_batch
 
-    reasons = [boxed_status(s) for s in ds["solution"]]
+    reasons = [boxed_status(s) for s in list(ds["solution"])]
     todo = [i for i, r in enumerate(reasons) if r is None]
     if todo:
-        all_solutions = ds["solution"]
+        all_solutions = list(ds["solution"])
         sols = [all_solutions[i] for i in todo]
         # A gold that math-verify cannot parse comes back as "bad_gold"; grading a solution against
         # itself checks exactly that, with grading's hard time bound.
@@ -554,7 +549,7 @@ def difficulty_filter(ds: Dataset, model, *, k: int = 4, max_solve_rate: float =
 
     if k < 1 or not 0 <= max_solve_rate <= 1:
         raise ValueError(f"need k >= 1 and 0 <= max_solve_rate <= 1 (got k={k}, max_solve_rate={max_solve_rate})")
-    problems = ds["problem"]
+    problems = list(ds["problem"])
     prompts = [filter_prompt(p, examples) for p in problems]
     template = json.dumps(filter_prompt("{problem}", examples))
     settings = dict(step="difficulty", max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -563,7 +558,7 @@ def difficulty_filter(ds: Dataset, model, *, k: int = 4, max_solve_rate: float =
                            chunk_size=chunk_size, tokenizer=tokenizer, backend=backend, progress=progress,
                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                            batch_size=batch_size)
-    golds = ds["answer"]
+    golds = list(ds["answer"])
     flat = grade_batch([r["text"] for recs in outs for r in recs], [g for g in golds for _ in range(k)],
                        timeout=timeout, progress=None if progress else False)
     rates = [sum(flat[i * k:(i + 1) * k]) / k for i in range(len(problems))]
@@ -639,7 +634,7 @@ def quality_filter(ds: Dataset, *, rules: Sequence[str] = QUALITY_RULES, max_que
     if bad:
         raise ValueError(f"unknown quality rule(s) {bad}; choose from {', '.join(QUALITY_RULES)}")
     reasons = []
-    for p, a in zip(ds["problem"], ds["answer"]):
+    for p, a in zip(list(ds["problem"]), list(ds["answer"])):
         hits = quality_issues(p, a, max_question_marks=max_question_marks, rules=rules)
         reasons.append(hits[0] if hits else None)
     return _split(ds, reasons)
@@ -684,7 +679,7 @@ def judge_filter(ds: Dataset, model, *, on_unparsed: str = "keep", max_new_token
     'unparsed' on both outputs. Replies are cached like the difficulty filter's."""
     if on_unparsed not in ("keep", "drop"):
         raise ValueError(f"on_unparsed={on_unparsed!r} is not valid; choose 'keep' or 'drop'")
-    problems = ds["problem"]
+    problems = list(ds["problem"])
     prompts = [[{"role": "user", "content": JUDGE_PROMPT.format(problem=p)}] for p in problems]
     settings = dict(step="judge", max_new_tokens=max_new_tokens, prompt=hashlib.sha1(JUDGE_PROMPT.encode()).hexdigest()[:12])
     outs = cached_generate(model, problems, prompts, n=1, cache_path=cache_path, settings=settings,
@@ -730,7 +725,7 @@ def deduplicate(ds: Dataset, column: str = "problem") -> tuple[Dataset, Dataset]
     punctuation and LaTeX-spacing edits) are removed, with `duplicate_of` naming the kept text."""
     seen_raw: dict[str, int] = {}
     seen_norm: dict[str, int] = {}
-    texts = ds[column]
+    texts = list(ds[column])
     reasons, dup_of = [], []
     for i, t in enumerate(texts):
         norm = normalize_text(t)
@@ -838,7 +833,7 @@ def decontaminate(ds: Dataset, benchmark_problems: list[str], ngram: int = 13, *
                          f"(got {min_overlap}, {min_raw_overlap}, {ngram})")
     if benchmark_names is not None and len(benchmark_names) != len(benchmark_problems):
         raise ValueError(f"benchmark_names has {len(benchmark_names)} entries for {len(benchmark_problems)} problems")
-    texts = ds[column]
+    texts = list(ds[column])
     common = boilerplate_ngrams(benchmark_problems, texts, ngram=ngram, benchmark_df=benchmark_df, train_df=train_df)
     found = overlaps(texts, benchmark_problems, ngram=ngram, boilerplate=common)
     hit = [is_contaminated(o, min_overlap, min_raw_overlap) for o in found]
@@ -906,7 +901,7 @@ def mix(sources: dict[str, Dataset], sizes: dict[str, int], seed: int) -> Datase
         ds = sources[name]
         order = list(range(len(ds)))
         random.Random(f"{seed}-{name}").shuffle(order)
-        problems = ds["problem"]
+        problems = list(ds["problem"])
         take = []
         for i in order:
             if len(take) == size:
@@ -937,7 +932,7 @@ def build_prompts(ds: Dataset, system_prompt: str, tokenizer=None, max_prompt_le
     if tokenizer is not None and max_prompt_length:
         def short_enough(row):
             ids = tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # transformers 5 returns a BatchEncoding
             return len(ids) <= max_prompt_length
 
         kept = out.filter(short_enough)

@@ -48,13 +48,14 @@ WORKER_MEMORY_BYTES = 4 * 1024**3
 # Seconds a helper may spend parsing a gold answer (it comes from the data set, not from the model;
 # `timeout` starts once it is parsed, and parsed golds are cached).
 GOLD_TIMEOUT = 10.0
-# Seconds a fresh helper may take to import math-verify before it counts as broken.
+# Seconds the template process (which the helpers are forked from) may take to import math-verify.
 WORKER_START_TIMEOUT = 120.0
 # Show a progress bar for batches with more pairs than this (when progress=None).
 PROGRESS_MIN_ITEMS = 500
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_SPACE_RE = re.compile(r"\\boxed +([^\s$]+)")
+_BRACE_RE = re.compile(r"[{}]")
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,18 @@ def extract_answer(text: str | None) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    starts = [m.end() for m in _BOXED_RE.finditer(text)]
-    for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            c = text[i]
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
+    starts = [m.end() for m in _BOXED_RE.finditer(text)]  # each just after its box's "{"
+    if starts:
+        close_of, stack = {}, []  # one pass over the braces: linear even for thousands of open boxes
+        for m in _BRACE_RE.finditer(text, starts[0] - 1):
+            if m.group() == "{":
+                stack.append(m.start())
+            elif stack:
+                close_of[stack.pop()] = m.start()
+        for start in reversed(starts):
+            end = close_of.get(start - 1)
+            if end is not None:
+                return text[start:end].strip()
     spaced = _BOXED_SPACE_RE.findall(text)
     return spaced[-1] if spaced else None
 
@@ -221,6 +223,7 @@ def _zygote_main(fd: int) -> None:
     _verify_texts("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}")  # import and warm the parsers once
     control = Connection(fd)
     control.send("ready")
+    children: set[int] = set()  # only these pids are ever killed: our own, unreaped helpers
     while True:
         try:
             command = control.recv()
@@ -234,8 +237,10 @@ def _zygote_main(fd: int) -> None:
                     finally:
                         os._exit(0)
                 os.close(handle)
+                children.add(pid)
                 control.send(pid)
-            elif command[0] == "kill":
+            elif command[0] == "kill" and command[1] in children:
+                children.discard(command[1])
                 try:
                     os.kill(command[1], signal.SIGKILL)
                     os.waitpid(command[1], 0)
@@ -282,10 +287,12 @@ class _Zygote:
             self._stop()
             raise RuntimeError(f"grading template process did not start within {WORKER_START_TIMEOUT:.0f} s")
         try:
-            assert self.control.recv() == "ready"
-        except (EOFError, OSError, AssertionError) as e:
+            message = self.control.recv()
+        except (EOFError, OSError):
+            message = None
+        if message != "ready":
             self._stop()
-            raise RuntimeError("grading template process failed to start (see its error above)") from e
+            raise RuntimeError("grading template process failed to start (see its error above)")
 
     def _stop(self) -> None:
         if self.control is not None:
@@ -459,6 +466,7 @@ def shutdown() -> None:
 # under heavy load a normal pair may run late once).
 _CACHE: OrderedDict[tuple[str, str], tuple[str, str | None]] = OrderedDict()
 _CACHE_SIZE = 20_000
+_CACHE_MAX_KEY_CHARS = 10_000  # pathological 100 kB answers are not worth keeping
 _CACHE_LOCK = threading.Lock()
 
 
@@ -471,7 +479,7 @@ def _cache_get(key):
 
 
 def _cache_put(key, value) -> None:
-    if value[0] in ("timeout", "error"):
+    if value[0] in ("timeout", "error") or len(key[0]) + len(key[1]) > _CACHE_MAX_KEY_CHARS:
         return
     with _CACHE_LOCK:
         _CACHE[key] = value

@@ -89,6 +89,11 @@ def _grade_all(texts: list[str], solution: list, reward_name: str, log_metric=No
 
     Under TRL the count also goes to the training logs as `rewards/<reward_name>/unparseable_gold`.
     """
+    usable = lambda g: g is None or (isinstance(g, (str, int, float)) and not isinstance(g, bool))
+    odd = sorted({type(g).__name__ for g in solution if not usable(g)})
+    if odd:  # one malformed row must not stop a training run: it is an unusable gold like any other
+        logger.warning("%s: gold answers of type %s are not gradable; they count as unparseable", reward_name, odd)
+    solution = [g if usable(g) else None for g in solution]
     results = grade_batch(texts, solution, detailed=True, progress=False)
     bad = sum(r.status == "bad_gold" for r in results)
     if callable(log_metric):

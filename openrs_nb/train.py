@@ -449,11 +449,12 @@ def run_launch(plan: LaunchPlan, resume: bool = False, health_timeout: float = 9
 # ---------------------------------------------------------------------------------------------
 # Notebook helpers
 # ---------------------------------------------------------------------------------------------
-def overrides_from_namespace(namespace: dict, defined_before: set[str], notebook_params: set[str]) -> dict:
-    """Config overrides papermill injected (`-p learning_rate 5e-6`): names new since the parameters
-    cell. Unknown names raise ValueError listing the valid ones (papermill itself only warns)."""
+def overrides_from_namespace(namespace: dict, injected: set[str], notebook_params: set[str]) -> dict:
+    """Config overrides papermill injected (`-p learning_rate 5e-6`): the `injected` names (new since
+    the parameters cell) that are config fields. Other new names raise ValueError listing the valid
+    ones (papermill itself only warns about unknown parameters)."""
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"exp", "profile"}
-    injected = {n for n in set(namespace) - defined_before if not n.startswith("_")}
+    injected = {n for n in injected if not n.startswith("_")}
     unknown = sorted(injected - fields - notebook_params)
     if unknown:
         raise ValueError(

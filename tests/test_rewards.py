@@ -124,7 +124,11 @@ def test_authors_accuracy_reward_hands_out_free_reward():
 
 
 def test_accuracy_malformed_inputs():
-    assert accuracy_reward([None, "", 47 and "\\boxed{47}"], solution=[47, 47, 47]) == [0.0, 0.0, 1.0]
+    assert accuracy_reward([None, "", "\\boxed{47}"], solution=[47, 47, 47]) == [0.0, 0.0, 1.0]
+    before = rewards.UNPARSEABLE_GOLD["accuracy_reward"]
+    # a malformed row (a list, a bool) scores 0.0 and is counted instead of stopping training
+    assert accuracy_reward(["\\boxed{5}"] * 3, solution=[["5"], True, "5"]) == [0.0, 0.0, 1.0]
+    assert rewards.UNPARSEABLE_GOLD["accuracy_reward"] - before == 2
     with pytest.raises(ValueError, match="solution"):
         accuracy_reward(["\\boxed{1}"])
     with pytest.raises(ValueError, match="pair up"):

@@ -120,12 +120,11 @@ def test_learning_gain_compares_first_and_last_quarter():
 
 
 def test_notebook_overrides_are_validated():
-    before = {"exp", "profile", "max_steps"}
     ns = {"exp": 3, "profile": "demo", "max_steps": 5, "learning_rate": 5e-6, "_i3": "", "_": None}
-    assert train.overrides_from_namespace(ns, before, before) == {"learning_rate": 5e-6}
+    assert train.overrides_from_namespace(ns, {"learning_rate", "_i3", "_"}, {"exp"}) == {"learning_rate": 5e-6}
     ns["learnin_rate"] = 1.0
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['learnin_rate'\]"):
-        train.overrides_from_namespace(ns, before, before)
+        train.overrides_from_namespace(ns, {"learning_rate", "learnin_rate"}, {"exp"})
 
 
 def test_priming_target_matches_the_format_the_reward_checks():
