@@ -33,7 +33,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exp", type=int, default=3, choices=(1, 2, 3), help="experiment whose paper preset to use")
-    ap.add_argument("--scale", type=float, default=1.0, help="model size: 1 = R1-Distill-Qwen-1.5B, 0.25 = 7 layers × 384")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="model size: 1 = R1-Distill-Qwen-1.5B, 0.25 = 7 layers × 384 wide")
     ap.add_argument("--steps", type=int, default=4, help="GRPO optimizer steps (the first is warm-up)")
     ap.add_argument("--grad-accum", type=int, default=4, help="micro-batches of 6 completions per step (paper: 4)")
     ap.add_argument("--completion-tokens", type=int, default=None,
@@ -53,6 +54,9 @@ def parse_args(argv=None):
         ap.error(f"--completion-tokens must be >= 1, got {args.completion_tokens}")
     if not 0 < args.scale <= 1:
         ap.error(f"--scale must be in (0, 1], got {args.scale}")
+    share = args.vllm_gpu_memory_utilization
+    if share is not None and not 0 < share <= 1:
+        ap.error(f"--vllm-gpu-memory-utilization must be in (0, 1], got {share}")
     return args
 
 

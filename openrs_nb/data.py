@@ -381,12 +381,15 @@ def report(step: str, kept: Dataset, removed: Dataset, verbose: bool = True) -> 
     return rep
 
 
-def _split(ds: Dataset, reasons: list[str | None], extra: dict[str, list] | None = None) -> tuple[Dataset, Dataset]:
-    """(rows whose reason is None, the others with a `reason` column); `extra` columns go on both."""
-    for name, values in {**(extra or {}), "reason": [r or "" for r in reasons]}.items():
+def _split(ds: Dataset, reasons: list[str | None], extra: dict[str, list] | None = None,
+           removed_extra: dict[str, list] | None = None) -> tuple[Dataset, Dataset]:
+    """(rows whose reason is None, the others with a `reason` column). `extra` columns (one value per
+    row of `ds`) go on both outputs, `removed_extra` columns only on the removed rows."""
+    only_removed = {**(removed_extra or {}), "reason": [r or "" for r in reasons]}
+    for name, values in {**(extra or {}), **only_removed}.items():
         ds = ds.remove_columns(name) if name in ds.column_names else ds
         ds = ds.add_column(name, values)
-    kept = ds.select([i for i, r in enumerate(reasons) if r is None]).remove_columns("reason")
+    kept = ds.select([i for i, r in enumerate(reasons) if r is None]).remove_columns(list(only_removed))
     removed = ds.select([i for i, r in enumerate(reasons) if r is not None])
     return kept, removed
 
@@ -736,8 +739,7 @@ def deduplicate(ds: Dataset, column: str = "problem") -> tuple[Dataset, Dataset]
         else:
             seen_raw[t], seen_norm[norm] = i, i
             reasons.append(None), dup_of.append("")
-    kept, removed = _split(ds, reasons)
-    return kept, removed.add_column("duplicate_of", [d for d, r in zip(dup_of, reasons) if r is not None])
+    return _split(ds, reasons, removed_extra={"duplicate_of": dup_of})
 
 
 def ngrams(tokens: Sequence[str], n: int) -> set[str]:
@@ -837,12 +839,13 @@ def decontaminate(ds: Dataset, benchmark_problems: list[str], ngram: int = 13, *
     common = boilerplate_ngrams(benchmark_problems, texts, ngram=ngram, benchmark_df=benchmark_df, train_df=train_df)
     found = overlaps(texts, benchmark_problems, ngram=ngram, boilerplate=common)
     hit = [is_contaminated(o, min_overlap, min_raw_overlap) for o in found]
-    kept, removed = _split(ds, ["contaminated" if h else None for h in hit])
-    rows = [o for o, h in zip(found, hit) if h]
-    names = [str(benchmark_names[o.item]) if benchmark_names is not None else str(o.item) for o in rows]
-    removed = removed.add_column("benchmark", names)
-    removed = removed.add_column("benchmark_problem", [benchmark_problems[o.item] for o in rows])
-    return kept, removed.add_column("overlap", [round(max(o.overlap, o.raw_overlap), 4) for o in rows])
+    def name(o):
+        return "" if o.item is None else str(benchmark_names[o.item]) if benchmark_names is not None else str(o.item)
+
+    return _split(ds, ["contaminated" if h else None for h in hit], removed_extra={
+        "benchmark": [name(o) for o in found],
+        "benchmark_problem": ["" if o.item is None else benchmark_problems[o.item] for o in found],
+        "overlap": [round(max(o.overlap, o.raw_overlap), 4) for o in found]})
 
 
 BENCHMARK_FILES = {"aime24": "problem", "amc23": "problem", "math500": "problem", "minerva": "problem",

@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -602,10 +603,13 @@ def _visible_gpus(count: int) -> list[str]:
 
 
 def run_data_parallel(spec: ModelSpec, work: list[dict], eval_dir: Path, settings: dict, *, num_workers: int,
-                      backend: str, batch_size: int, chunk_size: int | None, grade_timeout: float) -> int:
+                      backend: str, batch_size: int, chunk_size: int | None, grade_timeout: float,
+                      progress: bool = True) -> int:
     """Spread `work` over `num_workers` processes, one GPU each (CUDA_VISIBLE_DEVICES), each appending to
     parts/<name>-<i>.jsonl; then merge the parts into completions.jsonl. A failed worker's finished
     records are kept (the next call resumes) and RuntimeError names its log."""
+    from tqdm.auto import tqdm
+
     parts = eval_dir / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", _entry_name(spec))
@@ -623,21 +627,38 @@ def run_data_parallel(spec: ModelSpec, work: list[dict], eval_dir: Path, setting
         log = open(parts / f"{tag}-{i}.log", "w")
         procs.append((subprocess.Popen([sys.executable, "-m", "openrs_nb.evaluate", "--worker", str(job_path)],
                                        env=env, stdout=log, stderr=subprocess.STDOUT), log, job_path))
+    bar = tqdm(total=sum(len(w["samples"]) for w in work), desc=f"{spec.label} step {spec.step} "
+               f"({len(procs)} workers)", unit="completion", disable=not progress)
+    try:
+        while any(proc.poll() is None for proc, _, _ in procs):
+            time.sleep(2)
+            bar.update(_count_lines(parts.glob(f"{tag}-*.jsonl")) - bar.n)
+    except BaseException:  # interrupted: stop the workers; what they finished is merged next time
+        for proc, _, _ in procs:
+            proc.terminate()
+        for proc, _, _ in procs:
+            proc.wait()
+        raise
+    finally:
+        bar.close()
     failed = []
     for i, (proc, log, job_path) in enumerate(procs):
-        code = proc.wait()
         log.close()
-        if code == 0:
+        if proc.returncode == 0:
             job_path.unlink()
             Path(log.name).unlink()
         else:
-            failed.append((i, code, log.name))
+            failed.append((i, proc.returncode, log.name))
     added = merge_parts(eval_dir)
     if failed:
         tails = "\n".join(f"--- worker {i} (exit code {code}), {name}:\n{_tail(name)}" for i, code, name in failed)
         raise RuntimeError(f"{len(failed)} evaluation worker(s) failed; finished completions are kept, "
                            f"call evaluate again to resume.\n{tails}")
     return added
+
+
+def _count_lines(paths) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in paths)
 
 
 def _tail(path: str, chars: int = 2000) -> str:
@@ -732,7 +753,7 @@ def evaluate(
         if not work:
             continue
         if num_workers > 1:
-            run_data_parallel(spec, work, eval_dir, settings, num_workers=num_workers, **kw)
+            run_data_parallel(spec, work, eval_dir, settings, num_workers=num_workers, progress=progress, **kw)
         else:
             run_work(spec, work, cache, settings, progress=progress, **kw)
 

@@ -14,6 +14,7 @@ detokenizer rejects ids it does not know; transformers decodes them to nothing).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import statistics
@@ -22,8 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openrs_nb.config import ExperimentConfig, load_experiment
 from transformers import TrainerCallback
+
+from openrs_nb.config import ExperimentConfig, load_experiment
 
 # deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B's config.json, in transformers' Qwen2Config names. Qwen2
 # puts biases on q/k/v only; the untied LM head is a second 151,936 × 1,536 matrix.
@@ -79,7 +81,8 @@ def model_config(scale: float = 1.0, **overrides):
     if unknown:
         raise ValueError(f"unknown Qwen2Config field(s) {unknown}")
     values.update(overrides)
-    if values["hidden_size"] % values["num_attention_heads"] or values["num_attention_heads"] % values["num_key_value_heads"]:
+    heads, kv_heads = values["num_attention_heads"], values["num_key_value_heads"]
+    if values["hidden_size"] % heads or heads % kv_heads:
         raise ValueError("hidden_size must divide by num_attention_heads, and those by num_key_value_heads")
     return Qwen2Config(**values)
 
@@ -111,7 +114,7 @@ def save_random_model(out_dir: str | Path, config, *, dtype=None, device: str = 
     """Build the random model and save it with the embedded tokenizer: a local path train.train can load."""
     from openrs_nb.models import load_tokenizer
 
-    out_dir = Path(out_dir)
+    out_dir, config = Path(out_dir), copy.deepcopy(config)
     tok = load_tokenizer(tokenizer)
     if len(tok) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tok)} ids but the model only {config.vocab_size}")
@@ -134,7 +137,7 @@ def forced_length_kwargs(length: int, backend: str, sample_vocab_size: int | Non
 
     transformers: GenerationConfig keys. vLLM (colocate, and server through its OpenAI API): SamplingParams
     keys, sampling only ids below `sample_vocab_size` — vLLM's detokenizer rejects ids its tokenizer lacks,
-    while transformers decodes them to nothing (and masking 100k ids there costs more than the step).
+    while transformers decodes them to nothing, so it gets no mask (suppressing 100k ids is slow there).
     """
     if backend not in ("transformers", "vllm"):
         raise ValueError(f"backend={backend!r} is not valid; choose 'transformers' or 'vllm'")
@@ -142,7 +145,10 @@ def forced_length_kwargs(length: int, backend: str, sample_vocab_size: int | Non
         raise ValueError(f"need length >= 1 and sample_vocab_size >= 1 (got {length}, {sample_vocab_size})")
     if backend == "transformers":
         return {"min_new_tokens": length}
-    return {"min_tokens": length, **({"allowed_token_ids": list(range(sample_vocab_size))} if sample_vocab_size else {})}
+    kwargs = {"min_tokens": length}
+    if sample_vocab_size:
+        kwargs["allowed_token_ids"] = list(range(sample_vocab_size))
+    return kwargs
 
 
 @dataclass
@@ -437,15 +443,15 @@ def format_report(report: dict) -> str:
                      f"{f(r['train_s']):>8} {f(r['step_s']):>8} {f(r['generation_tokens_per_s'], '.0f'):>10} "
                      f"{f(r['tokens_per_s'], '.0f'):>8} {f(r['peak_memory_gib']):>9} "
                      f"{f(r['device_memory_used_gib']):>9}")
-    n = s["completions_per_step"]
+    warmup = " (step 1, warm-up, left out)" if s["measured_steps"][0] > report["steps"][0]["step"] else ""
     lines += [
         "",
-        f"median over steps {s['measured_steps']} (step 1 is warm-up): {f(s['median_step_s'])} s/step = "
-        f"generation {f(s['median_generation_s'])} + weight sync {f(s['median_weight_sync_s'])} + rewards "
+        f"median over steps {s['measured_steps']}{warmup}: {f(s['median_step_s'])} s/step = generation "
+        f"{f(s['median_generation_s'])} + weight sync {f(s['median_weight_sync_s'])} + rewards "
         f"{f(s['median_reward_s'])} + training {f(s['median_train_s'])}",
-        f"{n} completions × {run['completion_tokens']} tokens per step; generation {f(s['median_generation_tokens_per_s'], '.0f')} "
-        f"tok/s, whole step {f(s['median_tokens_per_s'], '.0f')} completion tok/s; peak GPU memory "
-        f"{f(s['peak_memory_gib'])} GiB (torch, the busiest training process)",
+        f"{s['completions_per_step']} completions × {run['completion_tokens']} tokens per step: generation "
+        f"{f(s['median_generation_tokens_per_s'], '.0f')} tok/s, whole step {f(s['median_tokens_per_s'], '.0f')} "
+        f"completion tok/s; peak GPU memory {f(s['peak_memory_gib'])} GiB (torch, the busiest training process)",
         f"every completion exactly {run['completion_tokens']} tokens: {s['forced_length_ok']}",
         f"estimated {s['planned_steps']} steps here: {f(s['estimated_hours'], '.2f')} h; at the paper's "
         f"{s['paper_completions_per_step']} completions per step and this per-completion rate: "

@@ -5,6 +5,9 @@
 - `grpo_loss`             Eq. 1 per token: clipped surrogate + β·KL, normalised as `loss_type` says.
 - `selective_log_softmax` log π(token) for the chosen tokens, in chunks (no full [B, T, V] log-softmax).
 - `completion_logprobs`   a model's per-token log-probabilities of a batch of completions.
+- `completion_batch`      (prompt, completion) texts -> TRL's tensor layout.
+- `trl_trainer`, `trl_loss`, `compare_with_trl`  TRL's own loss on our tensors, for the equality checks
+  (`save_tiny_policy` makes a random 2-layer model that keeps them fast).
 
 Like TRL (and the authors' code), the ratio π_θ/π_old and its clipping act on each token, not on the
 whole sequence as Eq. 1 is printed; 03_grpo_loss.ipynb explains the difference and checks every
@@ -222,8 +225,8 @@ def selective_log_softmax(
 ) -> torch.Tensor:
     """log_softmax(logits / temperature).gather(token_ids), computed `chunk_size` positions at a time.
 
-    logits [..., V], token_ids [...] -> fp32 (fp64 for fp64 logits) log-probabilities [...]. Equal to the naive
-    `(logits / T).log_softmax(-1).gather(-1, ids[..., None])[..., 0]`, but the extra memory is one
+    logits [..., V], token_ids [...] -> fp32 log-probabilities [...] (fp64 for fp64 logits). Equal to
+    the naive `(logits / T).log_softmax(-1).gather(-1, ids[..., None])[..., 0]`, but the extra memory is one
     chunk of [chunk_size, V] floats instead of a second full [..., V] tensor (and backward never
     stores a full softmax). bf16/fp16 logits are upcast chunk by chunk, so the sums run in fp32.
     """
@@ -231,14 +234,14 @@ def selective_log_softmax(
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
+    if logits.dim() < 2:
+        raise ValueError("logits need at least two dimensions: [..., vocab]")
     if token_ids.shape != logits.shape[:-1]:
         raise ValueError(
             f"token_ids shape {tuple(token_ids.shape)} must equal logits shape without the vocab axis "
             f"{tuple(logits.shape[:-1])}"
         )
     lead = token_ids.shape
-    if logits.dim() == 1:
-        raise ValueError("logits need at least two dimensions: [..., vocab]")
     # [..., L, V] -> [R, L, V] without copying the common [B, T, V] case (even a sliced, non-contiguous one)
     logits3 = logits.unsqueeze(0) if logits.dim() == 2 else logits.flatten(0, -3) if logits.dim() > 3 else logits
     ids3 = token_ids.reshape(logits3.shape[:-1]).long()

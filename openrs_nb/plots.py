@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from openrs_nb.rewards import completion_text, letter_script, main_script
+from openrs_nb.rewards import NOTATION_SCRIPTS, completion_text, main_script, script_counts  # noqa: F401 (re-exported)
 
 METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
@@ -535,29 +535,6 @@ def paper_table1_markdown() -> str:
 # ------------------------------------------------------------------------------------------------
 # Language drift
 # ------------------------------------------------------------------------------------------------
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_ASCII_LETTERS = re.compile(r"[A-Za-z]")
-
-NOTATION_SCRIPTS = frozenset({"GREEK", "COPTIC", "MATHEMATICAL", "DOUBLE-STRUCK", "SCRIPT", "BLACK-LETTER", "PLANCK",
-                              "FEMININE", "MASCULINE"})
-"""`rewards.letter_script` results that are notation (π, 𝑥, ℝ, ℓ, ª), not a language: the drift
-measurement ignores them. (`rewards.language_reward` counts Greek as foreign: a reward may be strict,
-a measurement of language switching should not call π a switch.)"""
-
-
-def script_counts(text: str) -> dict[str, int]:
-    """Letters of `text` per script (scripts as `rewards.letter_script` names them; notation left out)."""
-    counts: dict[str, int] = {}
-    n_ascii = len(_ASCII_LETTERS.findall(text))  # fast path: ASCII letters are all LATIN
-    if n_ascii:
-        counts["LATIN"] = n_ascii
-    for ch in _NON_ASCII.findall(text):
-        s = letter_script(ch)
-        if s is not None and s not in NOTATION_SCRIPTS:
-            counts[s] = counts.get(s, 0) + 1
-    return counts
-
-
 def off_script_letters(text: str, script: str = "LATIN") -> tuple[int, int]:
     """(letters outside `script`, all letters) of `text`; the drift share is their ratio."""
     counts = script_counts(text)

@@ -311,12 +311,18 @@ _ASCII_LETTERS = re.compile(r"[A-Za-z]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
-def script_share(text: str, script: str) -> float:
-    """Share of the letters of `text` written in `script`, notation letters left out (see
-    NOTATION_SCRIPTS); 0.0 when there are no letters."""
+def script_counts(text: str, notation: bool = False) -> Counter:
+    """Letters of `text` per script; notation letters (NOTATION_SCRIPTS) only when `notation`."""
     latin = len(_ASCII_LETTERS.findall(text))  # fast path: ASCII letters are all Latin
     counts = Counter({"LATIN": latin} if latin else {})
-    counts.update(s for s in map(letter_script, _NON_ASCII.findall(text)) if s)
+    counts.update(s for s in map(letter_script, _NON_ASCII.findall(text)) if s and (notation or s not in NOTATION_SCRIPTS))
+    return counts
+
+
+def script_share(text: str, script: str) -> float:
+    """Share of the letters of `text` written in `script`, notation letters left out (see
+    NOTATION_SCRIPTS) unless they are `script` itself; 0.0 when there are no letters."""
+    counts = script_counts(text, notation=True)
     total = sum(n for s, n in counts.items() if s == script or s not in NOTATION_SCRIPTS)
     return counts[script] / total if total else 0.0
 

@@ -242,8 +242,9 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Training in this process (CPU demo, one GPU, or each process of an accelerate launch)
 # ---------------------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False) -> Path:
-    """Run GRPO for `cfg` and return output_dir; metrics and checkpoints land there as they happen."""
+def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, callbacks=None) -> Path:
+    """Run GRPO for `cfg` and return output_dir; metrics and checkpoints land there as they happen.
+    `callbacks`: extra transformers TrainerCallbacks (e.g. the GPU smoke check's step timer)."""
     from trl import GRPOTrainer
 
     from openrs_nb.models import load_tokenizer, resolve_model_path
@@ -272,7 +273,7 @@ def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False) -
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[writer],
+        callbacks=[writer, *(callbacks or [])],
     )
     writer.trainer = trainer
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -405,7 +406,9 @@ def run_launch(plan: LaunchPlan, resume: bool = False, health_timeout: float = 9
 
     def start(cmd, env, log_name):
         log = open(plan.output_dir / log_name, "a")
-        p = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # `trl` and `accelerate` are found beside this interpreter even when its venv is not activated
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        p = subprocess.Popen(cmd, env={**os.environ, "PATH": path, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, bufsize=1, start_new_session=True)
         procs.append(p)
         return p, log

@@ -355,7 +355,8 @@ def test_data_parallel_workers_shard_and_merge(tiny_run, tmp_path):
     rows = ev.evaluate(tiny_run / "checkpoint-1", "demo", eval_dir=eval_dir, num_workers=2, backend="transformers",
                        **SMALL)
     records = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
-    assert sorted((r["problem_id"], r["sample_index"]) for r in records) == [(str(i), j) for i in range(3) for j in (0, 1)]
+    expected = [(str(i), j) for i in range(3) for j in (0, 1)]
+    assert sorted((r["problem_id"], r["sample_index"]) for r in records) == expected
     assert not list((eval_dir / ev.PARTS_DIR).iterdir())  # parts merged, job files and logs removed
     assert rows[0]["n_problems"] == 3 and rows[0]["n_samples"] == 2
 

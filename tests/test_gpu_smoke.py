@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from openrs_nb import gpu_smoke
+from openrs_nb import gpu_smoke, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
@@ -40,7 +40,7 @@ def test_full_size_model_is_r1_distill_qwen_with_1_78b_parameters():
     # 3,072 -> 46,797,824 × 28 = 1,310,339,072. Final norm 1,536. Total 1,777,088,000.
     assert gpu_smoke.parameter_count(c) == 1_777_088_000
     assert meta_count(c) == 1_777_088_000
-    assert abs(1_777_088_000 / 1.78e9 - 1) < 0.01
+    assert abs(1_777_088_000 / gpu_smoke.PAPER_PARAMETERS - 1) < 0.01  # 0.16% below 1.78B
 
 
 def test_scaled_variant_keeps_heads_and_vocabulary():
@@ -99,6 +99,35 @@ def test_forced_length_generation_on_a_tiny_model():
     assert len(unknown) > 0 and tok.decode(unknown) == ""  # ~2/3 of a uniform draw over 151,936 ids
 
 
+def test_step_timer_splits_a_step_with_trls_own_timings(tmp_path):
+    from types import SimpleNamespace
+
+    from trl.extras.profiling import ProfilingContext
+
+    gpu_smoke.record_trl_timings()
+    gpu_smoke.record_trl_timings()  # installing twice records once
+    timer = gpu_smoke.StepTimer(tmp_path, ["format", "cosine"])
+    args = SimpleNamespace(process_index=1, per_device_train_batch_size=6, gradient_accumulation_steps=4, world_size=3)
+    timer.on_step_begin(args, SimpleNamespace(global_step=0), None)
+    before = len(gpu_smoke.TRL_TIMINGS)
+    for name in ("GRPOTrainer.vLLM.generate", "GRPOTrainer.sync_weights", "GRPOTrainer.cosine_reward",
+                 "GRPOTrainer._prepare_inputs"):
+        with ProfilingContext(name=name, report_to=[], is_main_process=True):
+            time.sleep(0.02)
+    timer.on_step_end(args, SimpleNamespace(global_step=1), None)
+    timer.on_log(args, None, None, logs={"completions/mean_length": 50.0, "completions/min_length": 50,
+                                         "completions/max_length": 50, "num_tokens": 9000, "step_time": 0.1})
+    timer.on_log(args, None, None, logs={"train_runtime": 1.0})  # the end-of-training summary is no step
+    (row,) = gpu_smoke.read_step_rows(tmp_path)
+    assert row["step"] == 1 and row["rank"] == 1 and row["completions"] == 72
+    new = gpu_smoke.TRL_TIMINGS[before:]
+    assert [n for n, _ in new] == ["vLLM.generate", "sync_weights", "cosine_reward", "_prepare_inputs"]
+    assert row["generation_s"] == new[0][1] >= 0.02 and row["weight_sync_s"] == new[1][1]
+    assert row["reward_s"] == new[2][1] and row["step_s"] >= sum(d for _, d in new)  # _prepare_inputs: no bucket
+    assert row["completion_length_min"] == 50 and row["num_tokens"] == 9000 and row["peak_memory_gib"] is None
+    assert (tmp_path / "gpu_steps.rank1.jsonl").exists()
+
+
 def _rows(rank, steps, peak):
     """Step rows as StepTimer writes them: 24 completions of 100 tokens, 40 prompt tokens each."""
     return [dict(step=s, rank=rank, step_s=10.0 * s, generation_s=4.0 * s, weight_sync_s=0.5, reward_s=0.5,
@@ -125,7 +154,10 @@ def test_report_figures_medians_and_estimate():
     assert s["estimated_hours_paper_batch"] == pytest.approx(500 * 25 / 3600 * 3)
     assert s["peak_memory_gib"] == 23.0 and s["forced_length_ok"] is True
     text = gpu_smoke.format_report(report)
+    assert "median over steps [2, 3] (step 1, warm-up, left out): 25.0 s/step = generation 10.0" in text
     assert "estimated 500 steps here: 3.47 h" in text and "10.42 h" in text
+    one = gpu_smoke.build_report(rows[:1], run={"completion_tokens": 100}, model={}, device={})
+    assert "median over steps [1]: 10.0 s/step" in gpu_smoke.format_report(one)
 
     short = _rows(0, [1, 2], 1.0)
     short[1]["completion_length_min"] = 97
@@ -151,8 +183,6 @@ def test_launch_choice_follows_the_paper_profile():
 
 
 def test_smoke_config_is_the_paper_preset_and_survives_run_json(tmp_path):
-    from openrs_nb import train
-
     cfg = gpu_smoke.smoke_config(3, tmp_path / "model", steps=4, sample_vocab_size=49152, num_gpus=4)
     assert (cfg.num_generations, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (6, 6, 4)
     assert cfg.max_completion_length == 3584 and cfg.learning_rate == 1e-6 and cfg.beta == 0.04
@@ -174,6 +204,23 @@ def test_smoke_config_is_the_paper_preset_and_survives_run_json(tmp_path):
         gpu_smoke.smoke_config(3, tmp_path, steps=1, max_completion_length=4097)
 
 
+def test_launched_processes_run_the_smoke_worker(tmp_path):
+    paper = gpu_smoke.smoke_config(3, tmp_path / "model", steps=2, sample_vocab_size=49152, num_gpus=4)
+    plan = gpu_smoke.worker_plan(paper, gpu_smoke.choose_launch(4, True), tmp_path / "a")
+    assert plan.vllm_command[:2] == ["trl", "vllm-serve"] and plan.train_env == {"CUDA_VISIBLE_DEVICES": "0,1,2"}
+    assert plan.train_command[:2] == ["accelerate", "launch"]
+    assert plan.train_command[plan.train_command.index("-m") + 1] == "openrs_nb.gpu_smoke"
+
+    one = gpu_smoke.smoke_config(3, tmp_path / "model", steps=2, use_vllm=False, num_gpus=1)
+    plan = gpu_smoke.worker_plan(one, gpu_smoke.choose_launch(2, False), tmp_path / "b")
+    assert plan.vllm_command is None and plan.train_env == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert plan.train_command[:3] == [sys.executable, "-m", "openrs_nb.gpu_smoke"]
+    plan.write()
+    assert gpu_smoke.load_smoke_config(tmp_path / "b" / "run.json") == one
+    with pytest.raises(ValueError, match="needs no plan"):
+        gpu_smoke.worker_plan(one, gpu_smoke.choose_launch(1, False), tmp_path / "c")
+
+
 def test_refuses_cleanly_without_cuda(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     start = time.perf_counter()
@@ -186,13 +233,13 @@ def test_refuses_cleanly_without_cuda(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("callbacks" not in inspect.signature(__import__("openrs_nb.train").train.train).parameters,
+@pytest.mark.skipif("callbacks" not in inspect.signature(train.train).parameters,
                     reason="needs openrs_nb.train.train(..., callbacks=) (issue 8 asks the lead for it)")
 def test_one_grpo_step_on_a_tiny_random_model(tmp_path):
     """One real GRPO step through train.train on CPU: completions of exactly 8 tokens, one timed step row."""
     from openrs_nb.models import load_tokenizer
 
-    config = gpu_smoke.model_config(**TINY)
+    config = gpu_smoke.model_config(**TINY, vocab_size=49152)  # the LM head dominates a CPU step; 151,936 is 3x slower
     model_dir = gpu_smoke.save_random_model(tmp_path / "model", config)
     cfg = gpu_smoke.smoke_config(3, model_dir, steps=1, sample_vocab_size=len(load_tokenizer("demo")),
                                  max_completion_length=8, gradient_accumulation_steps=1, use_vllm=False, use_cpu=True,
