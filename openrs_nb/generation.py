@@ -132,15 +132,28 @@ def _record(token_ids: list[int], tokenizer, max_new_tokens: int) -> dict:
     }
 
 
+_VLLM_ENGINES: dict[str, Any] = {}
+
+
+def _vllm_engine(path: str, seed: int):
+    """One vLLM engine per model and process, reused across calls (building one takes a minute).
+    One GPU per engine; evaluate.py spreads work over GPUs with one process each."""
+    from vllm import LLM
+
+    if path not in _VLLM_ENGINES:
+        _VLLM_ENGINES.clear()  # one model on the GPU at a time
+        _VLLM_ENGINES[path] = LLM(model=path, seed=seed)
+    return _VLLM_ENGINES[path]
+
+
 def _generate_vllm(model, prompts, tokenizer, n, max_new_tokens, temperature, top_p, seed, min_new_tokens):
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     from openrs_nb.models import resolve_model_path
 
     if not isinstance(model, str):
         raise ValueError("the vllm backend takes a model name or path, not a loaded model")
-    # One GPU per LLM instance; evaluate.py spreads benchmarks over GPUs with one process each.
-    llm = LLM(model=resolve_model_path(model), seed=seed)
+    llm = _vllm_engine(resolve_model_path(model), seed)
     tokenizer = tokenizer or llm.get_tokenizer()
     texts = render_prompts(prompts, tokenizer)
     params = SamplingParams(

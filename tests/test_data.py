@@ -384,6 +384,9 @@ def test_mix_is_seeded_sized_and_skips_problems_drawn_before():
         data.mix({"a": a}, {"c": 1}, seed=0)
     assert data.scale_mix(data.PAPER_MIX, {"open-s1": 30, "open-deepscaler": 12, "deepscaler-easy": 5}) == \
         {"open-s1": 12, "open-deepscaler": 12, "deepscaler-easy": 4}
+    assert data.scale_mix(data.PAPER_MIX, {"open-s1": 30, "open-deepscaler": 12, "deepscaler-easy": 0}) == \
+        {"open-s1": 12, "open-deepscaler": 12, "deepscaler-easy": 0}
+    assert Counter(data.mix({"a": a, "b": b}, {"a": 3, "b": 0}, seed=0)["subset"]) == {"a": 3}
 
 
 def test_save_curated_writes_a_loadable_folder_with_a_card(tmp_path):
@@ -399,7 +402,7 @@ def test_save_curated_writes_a_loadable_folder_with_a_card(tmp_path):
     assert len(back) == 6 and "word" not in " ".join(back["problem"])  # the 400-word prompt was dropped
     assert back[0]["prompt"][0] == {"role": "system", "content": "Think."}
     card = (out / "README.md").read_text()
-    assert "| boxed | 10 | 7 | no_boxed: 3 |" in card and "| rows | 6 |" in card
+    assert "| boxed | 10 | 7 | no_boxed: 3 |" in card and "| rows | 6 |" in card and "| seed | 0 |" in card
     assert json.loads((out / "curation.json").read_text())["steps"]["demo"][1]["removed"] == {"no_boxed": 3}
 
 
