@@ -94,11 +94,13 @@ RECORD_KEYS = ("model", "step", "benchmark", "problem_id", "sample_index", "comp
 # ================================================================================================
 # Benchmarks
 # ================================================================================================
-def load_benchmark(name: str, path: str | os.PathLike | None = None, *, limit: int | None = None) -> list[dict]:
+def load_benchmark(name: str, path: str | os.PathLike | None = None, *, limit: int | None = None,
+                   levels: Sequence[int] | None = None) -> list[dict]:
     """The problems of a benchmark as dicts {"id", "problem", "gold"} (ids are strings).
 
     `name`: aime24, amc23, math500, minerva, olympiadbench, or 'demo' (the embedded held-out set:
-    `limit` problems of `data.make_demo_dataset(split="test")`, 100 by default).
+    `limit` problems of `data.make_demo_dataset(split="test", levels=levels)`, 100 by default, all
+    levels by default; ids are hashes of the problem text, so they never collide across settings).
     `path`: None reads the Hub dataset the paper used; a JSONL file (or a folder holding
     `<name>.jsonl`) in the schemas of ../shared/data/benchmarks reads that instead.
     Gold is taken as the paper did: `answer` for AIME/AMC/OlympiadBench, the last \\boxed{} of
@@ -109,10 +111,11 @@ def load_benchmark(name: str, path: str | os.PathLike | None = None, *, limit: i
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r} must be a positive integer or None")
     if name == DEMO:
-        from openrs_nb.data import make_demo_dataset
+        from openrs_nb.data import DEMO_LEVELS, make_demo_dataset
 
-        ds = make_demo_dataset(limit or DEMO_SIZE, seed=0, split="test")  # the first n are the same for any n
-        return [{"id": str(i), "problem": r["problem"], "gold": r["answer"]} for i, r in enumerate(ds)]
+        ds = make_demo_dataset(limit or DEMO_SIZE, seed=0, split="test", levels=tuple(levels or DEMO_LEVELS))
+        return [{"id": hashlib.sha1(r["problem"].encode()).hexdigest()[:12], "problem": r["problem"],
+                 "gold": r["answer"]} for r in ds]
     spec = BENCHMARKS[name]
     rows = _read_local(name, path) if path is not None else _read_hub(name, spec)
     items = [_item(name, spec, row, i) for i, row in enumerate(rows)]
@@ -692,6 +695,7 @@ def evaluate(
     n_problems: int | None = None,
     benchmark_dir: str | os.PathLike | None = None,
     steps: Iterable[int] | None = None,
+    demo_levels: Sequence[int] | None = None,
     max_new_tokens: int | None = None,
     temperature: float = PAPER_TEMPERATURE,
     top_p: float = PAPER_TOP_P,
@@ -708,7 +712,8 @@ def evaluate(
     """Evaluate `model` (see `resolve_models`; a training output dir = each checkpoint) on `benchmarks`
     with `n_samples` completions per problem; returns the results rows and writes eval_dir/results.json.
 
-    `n_problems` keeps the first n problems of each benchmark (the demo set is generated with n).
+    `n_problems` keeps the first n problems of each benchmark (the demo set is generated with n, of
+    difficulty `demo_levels`, default all).
     `benchmark_dir`: folder of local JSONL files (../shared/data/benchmarks schemas); None reads the Hub.
     `max_new_tokens` None: 32,768 with vLLM (the paper), 256 with transformers. `num_workers`: processes
     to spread generation over, one per GPU (None: one per visible GPU with vLLM, else 1).
@@ -731,7 +736,8 @@ def evaluate(
         raise ValueError(f"num_workers={num_workers!r} must be a positive integer or None")
     backend = pick_backend(backend)
     specs = resolve_models(model, steps)
-    items = {b: load_benchmark(b, benchmark_path(benchmark_dir, b), limit=n_problems) for b in names}
+    items = {b: load_benchmark(b, benchmark_path(benchmark_dir, b), limit=n_problems, levels=demo_levels)
+             for b in names}
     if max_new_tokens is None:
         max_new_tokens = PAPER_MAX_NEW_TOKENS if backend == "vllm" else CPU_MAX_NEW_TOKENS
     if num_workers is None:

@@ -149,9 +149,16 @@ def test_hub_schemas_are_read_like_the_paper(monkeypatch):
 
 def test_demo_benchmark_and_bad_names():
     items = ev.load_benchmark("demo", limit=5)
-    assert [it["id"] for it in items] == ["0", "1", "2", "3", "4"]
+    assert len({it["id"] for it in items}) == 5
     assert items == ev.load_benchmark("demo", limit=8)[:5]  # ids stay valid when the set grows
     assert all(it["gold"].lstrip("-").isdigit() for it in items)
+    easy = ev.load_benchmark("demo", limit=5, levels=[1])
+    assert all(it["problem"].startswith("What is") and " + " in it["problem"] for it in easy)
+    assert int(easy[0]["gold"]) == sum(int(x) for x in easy[0]["problem"][8:-1].split(" + "))
+    ids = {}  # an id names a problem text, whatever the levels or limit: cached keys never mix problems
+    for it in easy + items:
+        assert ids.setdefault(it["problem"], it["id"]) == it["id"]
+    assert len(set(ids.values())) == len(ids) > 5
     with pytest.raises(ValueError, match="aime24"):
         ev.load_benchmark("aime25")
     with pytest.raises(ValueError, match="limit"):
@@ -297,12 +304,13 @@ def test_evaluate_writes_the_contract_and_resumes_after_a_crash(tiny_run, tmp_pa
     assert counter["completions"] == 6
     records = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
     assert len(records) == 6 and all(list(r) == list(ev.RECORD_KEYS) for r in records)
-    assert {(r["problem_id"], r["sample_index"]) for r in records} == {(str(i), j) for i in range(3) for j in (0, 1)}
+    ids = [it["id"] for it in ev.load_benchmark("demo", limit=3)]
+    assert {(r["problem_id"], r["sample_index"]) for r in records} == {(i, j) for i in ids for j in (0, 1)}
     assert all(r["step"] == 2 and isinstance(r["correct"], bool) and r["num_tokens"] <= 4 for r in records)
     assert json.loads((eval_dir / ev.RESULTS_FILE).read_text()) == rows
     (row,) = rows
     assert (row["step"], row["benchmark"], row["n_problems"], row["n_samples"]) == (2, "demo", 3, 2)
-    manual = np.mean([np.mean([r["correct"] for r in records if r["problem_id"] == p]) for p in "012"])
+    manual = np.mean([np.mean([r["correct"] for r in records if r["problem_id"] == p]) for p in ids])
     assert row["pass@1"] == pytest.approx(manual)
 
     # crash: the last three records never made it, the one being written is cut in half
@@ -355,7 +363,7 @@ def test_data_parallel_workers_shard_and_merge(tiny_run, tmp_path):
     rows = ev.evaluate(tiny_run / "checkpoint-1", "demo", eval_dir=eval_dir, num_workers=2, backend="transformers",
                        **SMALL)
     records = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
-    expected = [(str(i), j) for i in range(3) for j in (0, 1)]
+    expected = sorted((it["id"], j) for it in ev.load_benchmark("demo", limit=3) for j in (0, 1))
     assert sorted((r["problem_id"], r["sample_index"]) for r in records) == expected
     assert not list((eval_dir / ev.PARTS_DIR).iterdir())  # parts merged, job files and logs removed
     assert rows[0]["n_problems"] == 3 and rows[0]["n_samples"] == 2
@@ -408,7 +416,7 @@ def test_both_backends_write_the_same_record_format(tiny_run, tmp_path, monkeypa
         assert {k: type(a[k]) for k in ("step", "completion", "num_tokens", "truncated", "correct", "gold")} == \
                {k: type(b[k]) for k in ("step", "completion", "num_tokens", "truncated", "correct", "gold")}
     assert [r["truncated"] for r in v[:2]] == [True, False]  # finish_reason "length" -> truncated
-    assert [r["prediction"] for r in v if r["problem_id"] == "0"] == ["0", "1"]
+    assert [r["prediction"] for r in v if r["problem_id"] == v[0]["problem_id"]] == ["0", "1"]  # graded
 
 
 def test_evaluate_rejects_bad_arguments_before_work(tmp_path):
