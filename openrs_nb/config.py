@@ -370,9 +370,10 @@ _PAPER_EXPERIMENTS: dict[int, dict[str, Any]] = {
     ),
 }
 
-# The demo keeps each experiment's rewards and prompt but shrinks everything to a 2-core CPU:
-# SmolLM2-135M, ≤64-token completions, 8 completions a step, a short format-priming SFT first.
-# Measured settings from GUIDE §2; the learning signal they give is shown in 04_train.
+# The demo keeps each experiment's rewards but shrinks everything to a 2-core CPU: SmolLM2-135M,
+# two-number additions, ≤64-token completions, 4 prompts × 4 completions a step, and a deliberately
+# short format priming (3 SFT steps on 24 examples) that leaves the format partly unlearned, so the
+# groups differ in reward and GRPO has something to learn. 04_train shows what it learns.
 _DEMO: dict[str, Any] = dict(
     model_name_or_path="demo",
     dataset="demo",
@@ -382,7 +383,7 @@ _DEMO: dict[str, Any] = dict(
     lr_scheduler_type="constant_with_warmup",
     warmup_ratio=0.0,
     max_steps=40,
-    per_device_train_batch_size=8,
+    per_device_train_batch_size=16,
     gradient_accumulation_steps=1,
     gradient_checkpointing=False,
     bf16=False,
@@ -396,7 +397,8 @@ _DEMO: dict[str, Any] = dict(
     use_vllm=False,
     num_gpus=0,
     use_cpu=True,
-    sft_steps=8,
+    sft_steps=3,
+    sft_examples=24,
 )
 
 

@@ -10,8 +10,9 @@ several benchmarks and writes, in `eval_dir`:
 - `manifest.json`: the sampling settings and model fingerprint behind each model's cached records.
 
 Sampling goes through `openrs_nb.generation.generate` (transformers on CPU, vLLM on GPU) and scoring
-through `openrs_nb.grading`. With vLLM on several GPUs the work is split into one process per GPU
-(`CUDA_VISIBLE_DEVICES`), each appending to its own part file, merged into the cache afterwards.
+through `openrs_nb.grading`. With vLLM the work runs in worker processes, one per GPU
+(`CUDA_VISIBLE_DEVICES`, data parallel over shards of the problems), each appending to its own part
+file, merged into the cache afterwards; a worker's exit also frees its engine's GPU memory.
 """
 
 from __future__ import annotations
@@ -715,8 +716,10 @@ def evaluate(
     `n_problems` keeps the first n problems of each benchmark (the demo set is generated with n, of
     difficulty `demo_levels`, default all).
     `benchmark_dir`: folder of local JSONL files (../shared/data/benchmarks schemas); None reads the Hub.
-    `max_new_tokens` None: 32,768 with vLLM (the paper), 256 with transformers. `num_workers`: processes
-    to spread generation over, one per GPU (None: one per visible GPU with vLLM, else 1).
+    `max_new_tokens` None: 32,768 with vLLM (the paper), 256 with transformers. `num_workers`: worker
+    processes to spread generation over, one per GPU; 0 generates in this process. None: one per
+    visible GPU (at least one) with vLLM, so that each model's engine frees its GPU memory when its
+    worker exits; 0 with transformers.
     Completed (model, step, benchmark, problem, sample) records are reused from eval_dir/completions.jsonl.
     """
     from openrs_nb.generation import pick_backend
@@ -732,8 +735,9 @@ def evaluate(
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer or None")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
-    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
-        raise ValueError(f"num_workers={num_workers!r} must be a positive integer or None")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 0):
+        raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0 (0: no worker processes) or None")
     backend = pick_backend(backend)
     specs = resolve_models(model, steps)
     items = {b: load_benchmark(b, benchmark_path(benchmark_dir, b), limit=n_problems, levels=demo_levels)
@@ -743,7 +747,7 @@ def evaluate(
     if num_workers is None:
         from openrs_nb.config import cuda_gpu_count
 
-        num_workers = max(1, cuda_gpu_count()) if backend == "vllm" else 1
+        num_workers = max(1, cuda_gpu_count()) if backend == "vllm" else 0
     settings = {"prompt_template": PROMPT_TEMPLATE, "system_prompt": system_prompt, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "seed": seed}
 
@@ -758,7 +762,7 @@ def evaluate(
         work = pending_work(spec, items, n_samples, done)
         if not work:
             continue
-        if num_workers > 1:
+        if num_workers:
             run_data_parallel(spec, work, eval_dir, settings, num_workers=num_workers, progress=progress, **kw)
         else:
             run_work(spec, work, cache, settings, progress=progress, **kw)

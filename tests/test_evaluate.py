@@ -407,7 +407,8 @@ def test_both_backends_write_the_same_record_format(tiny_run, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "vllm", FakeVLLM(load_tokenizer(str(ckpt))).module)
     by_backend = {}
     for backend in ("transformers", "vllm"):
-        ev.evaluate(ckpt, "demo", eval_dir=tmp_path / backend, backend=backend, num_workers=1, **SMALL)
+        # num_workers=0: in this process, where the fake vllm module is visible
+        ev.evaluate(ckpt, "demo", eval_dir=tmp_path / backend, backend=backend, num_workers=0, **SMALL)
         by_backend[backend] = ev.read_records(tmp_path / backend / ev.COMPLETIONS_FILE)
     t, v = by_backend["transformers"], by_backend["vllm"]
     assert len(t) == len(v) == 6
@@ -417,6 +418,22 @@ def test_both_backends_write_the_same_record_format(tiny_run, tmp_path, monkeypa
                {k: type(b[k]) for k in ("step", "completion", "num_tokens", "truncated", "correct", "gold")}
     assert [r["truncated"] for r in v[:2]] == [True, False]  # finish_reason "length" -> truncated
     assert [r["prediction"] for r in v if r["problem_id"] == v[0]["problem_id"]] == ["0", "1"]  # graded
+
+
+def test_vllm_runs_in_worker_processes_by_default(tiny_run, tmp_path, monkeypatch):
+    """vLLM engines hold their GPU memory until the process exits: each model gets a worker process."""
+    calls = []
+    monkeypatch.setattr(ev, "run_data_parallel", lambda spec, work, *a, **kw: calls.append((spec, len(work), kw)))
+    monkeypatch.setattr(ev, "run_work", lambda *a, **kw: pytest.fail("vLLM must not run in the calling process"))
+    import openrs_nb.config
+
+    monkeypatch.setattr(openrs_nb.config, "cuda_gpu_count", lambda: 0)
+    ev.evaluate(tiny_run, "demo", eval_dir=tmp_path, backend="vllm", **SMALL)
+    assert [(c[0].step, c[1], c[2]["num_workers"]) for c in calls] == [(1, 3, 1), (2, 3, 1)]
+    monkeypatch.setattr(openrs_nb.config, "cuda_gpu_count", lambda: 4)
+    calls.clear()
+    ev.evaluate(tiny_run / "checkpoint-2", "demo", eval_dir=tmp_path, backend="vllm", **SMALL)
+    assert calls[0][2]["num_workers"] == 4
 
 
 def test_evaluate_rejects_bad_arguments_before_work(tmp_path):

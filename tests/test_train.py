@@ -152,7 +152,7 @@ def test_two_grpo_steps_on_the_demo_model_write_metrics_and_checkpoints(tmp_path
         assert key in rows[0], key
     assert train.latest_checkpoint(tmp_path).name == "checkpoint-2"
     completions = train.read_jsonl(tmp_path / "completions.jsonl")
-    assert len(completions) == 2 * 8 and set(completions[0]["rewards"]) == {"format_reward", "cosine_reward"}
+    assert len(completions) == 2 * cfg.per_device_train_batch_size and set(completions[0]["rewards"]) == {"format_reward", "cosine_reward"}
     assert json.loads((tmp_path / "run.json").read_text())["exp"] == 3
 
     # Resume one more step from checkpoint-2: the metrics file continues.
