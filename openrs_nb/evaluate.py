@@ -73,11 +73,12 @@ BENCHMARKS: dict[str, Benchmark] = {
     "amc23": Benchmark("knoveleng/AMC-23", "train", ("problem",), ("answer",), 40),
     "math500": Benchmark("HuggingFaceH4/MATH-500", "test", ("problem",), ("solution",), 500),
     "minerva": Benchmark("knoveleng/Minerva-Math", "train", ("problem",), ("solution",), 272),
-    # The Hub copy has `answer` (a list in a string); Qwen2.5-Math's JSONL has `final_answer` (a list).
+    # The Hub copy names the gold `answer`, Qwen2.5-Math's JSONL `final_answer`: a list, or a list in a string.
     "olympiadbench": Benchmark("knoveleng/OlympiadBench", "train", ("question",), ("answer", "final_answer"), 675),
 }
-"""The paper's five benchmarks (Table 1), in the paper's column order."""
+"""The paper's five benchmarks (Table 1) and where the paper read them."""
 PAPER_BENCHMARKS = ("aime24", "math500", "amc23", "minerva", "olympiadbench")
+"""Their column order in the paper's Table 1."""
 DEMO = "demo"
 DEMO_SIZE = 100  # held-out demo problems when no limit is given
 BENCHMARK_NAMES = (*BENCHMARKS, DEMO)
