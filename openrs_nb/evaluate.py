@@ -333,6 +333,20 @@ def bootstrap_ci(per_problem: Sequence[float], *, n_resamples: int = 2000, confi
     return float(lo), float(hi)
 
 
+def variance_components(n: Sequence[int], c: Sequence[int]) -> tuple[float, float]:
+    """(between, within) from c_i correct out of n_i >= 2 samples on each problem: `between` estimates
+    the variance of the true per-problem accuracies p_i across problems (how unequal the problems are),
+    `within` the mean Bernoulli variance p_i(1 - p_i) (each problem's sampling noise). With k samples
+    per problem on N problems the expected SE of pass@1 is then sqrt((between + within / k) / N): more
+    samples shrink only the second term; `between` is a floor that only more problems lower."""
+    n, c = np.asarray(n, dtype=float), np.asarray(c, dtype=float)
+    if n.size < 2 or (n < 2).any():
+        raise ValueError("variance_components needs at least 2 problems with at least 2 samples each")
+    w = c * (n - c) / (n * (n - 1))  # unbiased for p_i(1 - p_i)
+    between = float((c / n).var(ddof=1) - np.mean(w / n))  # var of p̂_i = var of p_i + E[p_i(1 - p_i)] / n_i
+    return max(0.0, between), float(w.mean())
+
+
 def default_ks(n: int) -> list[int]:
     """k values reported for n samples per problem: 1, 2, 4, ... up to n, and n itself."""
     return sorted({2**i for i in range(int(math.log2(n)) + 1)} | {n}) if n >= 1 else []

@@ -217,6 +217,19 @@ def test_standard_error_by_hand():
     assert ev.standard_error([0.5]) is None
 
 
+def test_variance_components_by_hand():
+    assert ev.variance_components([2, 2], [2, 0]) == (0.5, 0.0)  # p̂ = 1, 0: all the spread is between problems
+    assert ev.variance_components([2, 2], [1, 1]) == (0.0, 0.5)  # p̂ = .5, .5: all of it is sampling noise
+    n, c = [4, 4, 4], [4, 2, 1]  # p̂ = 1, .5, .25; w = 0, 4/12, 3/12
+    between, within = ev.variance_components(n, c)
+    assert within == pytest.approx((4 / 12 + 3 / 12) / 3)
+    assert between == pytest.approx(np.var([1, 0.5, 0.25], ddof=1) - within / 4)
+    # at k = n the predicted SE is the measured one
+    assert math.sqrt((between + within / 4) / 3) == pytest.approx(ev.standard_error([1, 0.5, 0.25]))
+    with pytest.raises(ValueError):
+        ev.variance_components([1, 2], [1, 1])
+
+
 def test_bootstrap_interval():
     assert ev.bootstrap_ci([0.25] * 10) == (0.25, 0.25)
     assert ev.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)  # resampled means 0, .5, 1 with prob 1/4, 1/2, 1/4
