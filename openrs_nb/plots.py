@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from openrs_nb.files import iter_jsonl, read_jsonl  # noqa: F401 (re-exported)
 from openrs_nb.rewards import NOTATION_SCRIPTS, completion_text, main_script, script_counts  # noqa: F401 (re-exported)
 
 METRICS_FILE = "metrics.jsonl"
@@ -81,41 +82,6 @@ COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#00
 # ------------------------------------------------------------------------------------------------
 # Reading
 # ------------------------------------------------------------------------------------------------
-def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """Yield the JSON objects of a JSONL file, one per non-empty line.
-
-    A last line that does not parse (a crash mid-write) is skipped with a warning; a bad line with
-    whole lines after it is corruption, not a crash, and raises ValueError naming its line number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    bad: tuple[int, str] | None = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if bad is not None:
-                raise ValueError(f"{path}: line {bad[0]} is not valid JSON ({bad[1]}) and is not the last line: "
-                                 "the file is corrupt, not just cut short by a crash")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad = (lineno, e.msg)
-                continue
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno} holds a {type(row).__name__}, expected a JSON object")
-            yield row
-    if bad is not None:
-        warnings.warn(f"{path}: skipped line {bad[0]}, an incomplete last line (a run stopped mid-write?)",
-                      RuntimeWarning, stacklevel=2)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All rows of a JSONL file (see `iter_jsonl` for how damage is handled)."""
-    return list(iter_jsonl(path))
-
-
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a `metrics.jsonl` (a training output dir works too), one dict per logged step.
 
