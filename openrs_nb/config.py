@@ -109,7 +109,7 @@ TABLE5: dict[str, Any] = {
 # Table 5 rows that TRL 1.16 / transformers 5 no longer accept, and where each went.
 TABLE5_GONE = {
     "vllm_device": "vLLM runs as its own server process on the 4th GPU (recipes/, train.launch_plan)",
-    "vllm_enforce_eager": "a `vllm serve` flag now (--enforce-eager), set in the launch plan",
+    "vllm_enforce_eager": "a `vllm serve` flag now (--enforce_eager), set in the launch plan",
     "vllm_max_model_len": "renamed vllm_max_model_length",
     "overwrite_output_dir": "removed from transformers 5; resume=False starts a fresh output_dir",
     "warmup_ratio": "transformers 5 reads a float warmup_steps < 1 as a ratio",
@@ -119,12 +119,109 @@ TABLE5_GONE = {
     "reward_weights": "reward_weights",
     "max_completion_length": "3584 (exp 2, 3) or 4096 (exp 1)",
 }
-# Rows we deliberately do not copy; each is one parameter away.
-TABLE5_DEVIATIONS = {
-    "report_to": "metrics go to output_dir/metrics.jsonl; pass report_to='wandb' to log there too",
-    "push_to_hub": "pushing is opt-in (-p push_to_hub True) so a tutorial run never uploads by surprise",
-    "hub_model_id": "only used when push_to_hub is on",
-    "hub_strategy": "only used when push_to_hub is on",
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One way this project's paper run differs from the authors' run, with where to read theirs."""
+
+    authors: str
+    """What the authors' run did."""
+    here: str
+    """What this project does instead."""
+    source: str
+    """Where the authors' behaviour can be read (paper, repository file at a commit)."""
+    effect: str
+    """What the difference is expected to change."""
+    table5_rows: tuple[str, ...] = ()
+    """Table 5 rows it concerns (table5_check marks them)."""
+
+
+# The authors' code: knoveleng/open-rs @2889c47 (setup.py pins huggingface/trl @69ad852e5, transformers
+# 4.49.0, vllm 0.7.2, math-verify 0.5.2). Everything else in the port follows them (test_config.py).
+_OLD_TRL = "huggingface/trl @69ad852e5 trl/trainer/grpo_trainer.py"
+TABLE5_DEVIATIONS: dict[str, Deviation] = {
+    "log-prob temperature": Deviation(
+        authors="log-probs of the raw logits: `_get_per_token_logps` returns "
+                "`selective_log_softmax(logits, input_ids)`, no division by the sampling temperature 0.7",
+        here="TRL 1.16 divides the logits by `temperature` first, so π_θ, π_old and π_ref are the sampling "
+             "distribution's",
+        source=f"{_OLD_TRL} `_get_per_token_logps`; trl 1.16.0 grpo_trainer.py `_get_per_token_logps_and_entropies`",
+        effect="at T = 0.7 every log-prob, the k3 KL and the gradient differ: ∇ log softmax(z/T) carries a 1/T "
+               "(1.43×) factor and the tempered softmax; not measured here (the CPU demo samples at T = 1, "
+               "where the two agree)",
+    ),
+    "micro-batch groups": Deviation(
+        authors="`RepeatRandomSampler` lists each prompt num_generations times in a row and completions are "
+                "generated per micro-batch, so with per-device batch 6 = G a micro-batch was one prompt's group; "
+                "`loss = (per_token_loss * completion_mask).sum() / completion_mask.sum()` averaged that "
+                "group's tokens, and every group weighed the same in the step",
+        here="TRL 1.16 `bnpo` is the same formula, but TRL generates once per optimizer step and "
+             "`shuffle_sequence_dict` shuffles a process's completions before cutting micro-batches, so "
+             "a micro-batch mixes groups",
+        source=f"{_OLD_TRL} `RepeatRandomSampler`, `_prepare_inputs`, `compute_loss`; "
+               "trl 1.16.0 grpo_trainer.py `_prepare_inputs`",
+        effect="same per-token terms, different weights: a group's weight now grows with its completions' "
+               "length relative to the others in its micro-batch (the authors' run gave each group equal "
+               "weight); expected to be small, not measured here",
+    ),
+    "attention kernel": Deviation(
+        authors="`attn_implementation: flash_attention_2`",
+        here="'sdpa' by default: flash-attn has no wheel guaranteed for torch 2.13; "
+             "-p attn_implementation flash_attention_2 restores theirs where it is installed",
+        source="knoveleng/open-rs @2889c47 recipes/grpo.yaml",
+        effect="the same attention up to floating-point rounding; speed and memory differ",
+    ),
+    "vLLM eager mode": Deviation(
+        authors="Table 5 and recipes/grpo.yaml say `vllm_enforce_eager: true`, but neither TRL's nor "
+                "open-r1's GRPOConfig had that field: `TrlParser.set_defaults_with_config` returns unknown "
+                "YAML keys as leftover strings, which `parse_args_and_config` drops, and TRL's `LLM(...)` call "
+                "passes no enforce_eager, so vLLM 0.7.2 ran with CUDA graphs (its default)",
+        here="the launch plan passes --enforce_eager true to `vllm serve`, as Table 5 says",
+        source="knoveleng/open-rs @2889c47 recipes/grpo.yaml, src/open_r1/configs.py; huggingface/trl "
+               "@69ad852e5 trl/trainer/grpo_config.py, trl/scripts/utils.py, trl/trainer/grpo_trainer.py",
+        effect="slower generation and no GPU memory spent on CUDA graphs; the same sampling distribution "
+               "up to rounding",
+        table5_rows=("vllm_enforce_eager",),
+    ),
+    "cosine clamp": Deviation(
+        authors="p = len / max_len is not clamped, so past max_len characters the cosine climbs again (a "
+                "completion 2·max_len long scores like an empty one)",
+        here="p clamped to [0, 1]: past max_len the reward stays at its long-answer value",
+        source="knoveleng/open-rs @2889c47 src/open_r1/rewards.py `get_cosine_scaled_reward`",
+        effect="only completions longer than cosine_max_len characters (3584 in exp 3) score differently",
+    ),
+    "unparseable gold": Deviation(
+        authors="accuracy and cosine rewards return 1.0 when the gold answer does not parse",
+        here="0.0, counted and logged as rewards/<name>/unparseable_gold",
+        source="knoveleng/open-rs @2889c47 src/open_r1/rewards.py `accuracy_reward`, `get_cosine_scaled_reward`",
+        effect="none on the gradient (every completion of that prompt gets the same reward either way, so "
+               "its advantages are 0); their logged reward and accuracy curves are higher",
+    ),
+    "graded answer": Deviation(
+        authors="math-verify 0.5.2 `parse(..., extraction_mode=\"first_match\")` with boxed_match_priority=0 "
+                "tries the rightmost \\boxed{} first",
+        here="the last closed \\boxed{} as well (openrs_nb.grading), with math-verify 0.9",
+        source="knoveleng/open-rs @2889c47 src/open_r1/rewards.py; huggingface/Math-Verify @0.5.2 "
+               "src/math_verify/parser.py (\"rightmost first\")",
+        effect="the same answer is graded on completions that end in a closed box; listed because "
+               "\"first_match\" reads as if the first box counted",
+    ),
+    "trackers": Deviation(
+        authors="`report_to: wandb`",
+        here="metrics go to output_dir/metrics.jsonl; -p report_to wandb logs there too",
+        source="paper Table 5; knoveleng/open-rs @2889c47 recipes/grpo.yaml",
+        effect="none on training",
+        table5_rows=("report_to",),
+    ),
+    "Hub uploads": Deviation(
+        authors="`push_to_hub: true` to OpenRS-GRPO at every save",
+        here="opt-in (-p push_to_hub True), so a tutorial run never uploads by surprise; hub_model_id and "
+             "hub_strategy apply only then",
+        source="paper Table 5; knoveleng/open-rs @2889c47 recipes/grpo.yaml",
+        effect="none on training",
+        table5_rows=("push_to_hub", "hub_model_id", "hub_strategy"),
+    ),
 }
 
 
@@ -207,13 +304,13 @@ class ExperimentConfig:
     hub_model_id: str = "OpenRS-GRPO"
     """Hub repository name used when push_to_hub is on (Table 5)."""
 
-    # --- TRL 1.16 port (GUIDE §1): what the authors' Feb-2025 TRL did by default ------------------
+    # --- TRL 1.16 port: what the authors' TRL (huggingface/trl @69ad852e5) did by default -------------
     beta: float = 0.04
     """KL coefficient β of Eq. 1 (old TRL default; TRL 1.16 defaults to 0.0)."""
     epsilon: float = 0.2
     """Clipping range ε of Eq. 1."""
     loss_type: str = "bnpo"
-    """Token normalisation: 'bnpo' = Σ loss·mask / Σ mask per micro-batch, as the authors' TRL."""
+    """Token normalisation: 'bnpo' = Σ loss·mask / Σ mask per micro-batch, the authors' TRL's formula."""
     scale_rewards: bool = True
     """Divide advantages by the group std (Eq. 3); False gives Dr. GRPO's unscaled advantages."""
     vllm_importance_sampling_correction: bool = False
@@ -512,8 +609,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.num_generations < 2:
         raise ValueError(f"num_generations={cfg.num_generations} must be >= 2: a group of one has no baseline")
     if cfg.per_device_train_batch_size % cfg.num_generations:
-        # TRL accepts any batch whose global generation batch divides by G; we keep groups inside one
-        # device's micro-batch so that each group's advantages are computed from the same step.
+        # TRL 1.16 only needs the generation batch (batch × processes × accumulation) to divide by G: it
+        # normalises whole groups, then shuffles completions across micro-batches, which mixes groups
+        # anyway (TABLE5_DEVIATIONS["micro-batch groups"]). We keep the authors' shape (6 = G per device)
+        # as the rule, so prompts_per_step is a whole number for any process count.
         raise ValueError(
             f"per_device_train_batch_size={cfg.per_device_train_batch_size} must be a multiple of "
             f"num_generations={cfg.num_generations}"
@@ -539,10 +638,12 @@ def validate(cfg: ExperimentConfig) -> None:
 def table5_check(cfg: ExperimentConfig) -> list[tuple[str, Any, Any, str]]:
     """Each Table 5 row as (row, paper value, preset value, how it maps), for display and tests."""
     kw = cfg.grpo_kwargs()
+    deviation = {row: d for d in TABLE5_DEVIATIONS.values() for row in d.table5_rows}
     rows = []
     for key, paper in TABLE5.items():
-        if key in TABLE5_DEVIATIONS:
-            rows.append((key, paper, kw.get(key, getattr(cfg, key, None)), "deviation: " + TABLE5_DEVIATIONS[key]))
+        if key in deviation:
+            ours = "--enforce_eager true" if key == "vllm_enforce_eager" else kw.get(key, getattr(cfg, key, None))
+            rows.append((key, paper, ours, "deviation: " + deviation[key].here))
         elif key in TABLE5_GONE:
             ours = {
                 "vllm_max_model_len": cfg.vllm_max_model_length,

@@ -26,6 +26,33 @@ def test_every_table5_row_matches_the_paper_preset(exp):
     assert cfg.grpo_kwargs()["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
 
 
+def test_table5_marks_each_deviation_row_and_every_deviation_names_its_source():
+    rows = {row: how for row, _, _, how in table5_check(load_experiment(3, "paper"))}
+    marked = {row for row, how in rows.items() if how.startswith("deviation: ")}
+    claimed = {row for d in config.TABLE5_DEVIATIONS.values() for row in d.table5_rows}
+    assert marked == claimed and claimed <= set(TABLE5)
+    assert {"report_to", "push_to_hub", "vllm_enforce_eager"} <= marked
+    for name, d in config.TABLE5_DEVIATIONS.items():
+        assert d.authors and d.here and d.effect, name
+        # every source is public: the paper, the authors' repository or a library, at a commit or version
+        assert any(s in d.source for s in ("Table 5", "@2889c47", "@69ad852e5", "@0.5.2")), (name, d.source)
+    assert "GUIDE" not in " ".join(f"{d}" for d in config.TABLE5_DEVIATIONS.values())
+
+
+def test_deviations_describe_what_the_port_really_does():
+    cfg = load_experiment(3, "paper")
+    kw = cfg.grpo_kwargs()
+    # rows that say "same as the authors" / "opt-in" must be true of the preset
+    assert cfg.attn_implementation == "sdpa" and "sdpa" in config.TABLE5_DEVIATIONS["attention kernel"].here
+    assert kw["report_to"] == "none" and kw["push_to_hub"] is False and "hub_model_id" not in kw
+    assert kw["loss_type"] == "bnpo" and cfg.per_device_train_batch_size == cfg.num_generations == 6
+    from openrs_nb.rewards import cosine_scaled
+
+    # the cosine clamp: past max_len the reward stays at its long-answer value (theirs cycles back up)
+    assert cosine_scaled(2000, False, max_len=1000) == pytest.approx(-0.5)
+    assert cosine_scaled(2000, False, max_len=1000, clamp=False) == pytest.approx(0.0)
+
+
 def test_experiments_differ_as_the_paper_says():
     e1, e2, e3 = (load_experiment(e, "paper") for e in (1, 2, 3))
     assert e1.dataset == "knoveleng/open-s1" and e2.dataset == e3.dataset == "knoveleng/open-rs"
