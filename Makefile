@@ -41,10 +41,10 @@ test: $(STAMP)
 	rm -rf runs/smoke
 	OPENRS_SMOKE=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax tests notebooks
 
-## make lab: JupyterLab on notebooks/ with the package importable
+## make lab: JupyterLab on notebooks/ with the package importable (as root too, e.g. in a container)
+## LAB_ARGS passes options on, e.g. make lab LAB_ARGS="--no-browser --port=8899"
 lab: $(STAMP)
-	$(PY) -c "import jupyterlab" 2>/dev/null || $(PIP) install -q jupyterlab==4.6.6
-	$(PY) -m jupyterlab --notebook-dir=notebooks
+	$(PY) -m jupyterlab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 ## make gpu-smoke: a few GRPO steps of the paper geometry on a GPU, in the active (conda) environment
 gpu-smoke:
