@@ -9,9 +9,11 @@ removed (with a `reason` column):
 
 1. load          `load_source("s1" | "deepscaler" | "open-rs" | … | path | "demo")` -> one schema
 2. math-only     `filter_boxed(ds)`: a balanced `\\boxed{…}` whose answer parses (openrs_nb.grading)
-3. difficulty    `difficulty_filter(ds, model, k=…)`: k samples per problem, keep the unsolved ones
+3. difficulty    `difficulty_filter(ds, model, k=…)`: k samples per problem, keep the rarely solved ones
+                 (never-solved problems included)
 4. quality       `quality_filter(ds)` (rules) and `judge_filter(ds, model)` (an LLM judge)
-5. dedup/decont. `deduplicate(ds)`, `decontaminate(ds, benchmark_problems, ngram=13)`
+5. dedup/decont. `deduplicate(ds)`, `decontaminate(ds, benchmark_problems, ngram=13)` (this project's
+                 additions: the paper describes neither step)
 6. mix           `mix({name: ds}, {name: size}, seed)`
 7. save          `save_curated(ds, out_dir, card=…)` with a dataset card, ready for 04_train
 
@@ -562,7 +564,8 @@ def difficulty_filter(ds: Dataset, model, *, k: int = 4, max_solve_rate: float =
     row's answer (openrs_nb.grading), and drop the problems it solves too often.
 
     A row is dropped (reason 'too_easy') when its solve rate (correct / k) is above `max_solve_rate`;
-    both outputs get a `solve_rate` column. `max_solve_rate=0` keeps only problems never solved.
+    both outputs get a `solve_rate` column. Problems never solved (rate 0) are always kept, whether too
+    hard for the filter model or wrongly labelled. `max_solve_rate=0` keeps only those.
     Completions are cached in `cache_path` (see cached_generate), so a rerun or a resumed crash only
     generates what is missing. Returns (kept = hard enough, removed = too easy)."""
     from openrs_nb.grading import grade_batch
