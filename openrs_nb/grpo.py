@@ -69,7 +69,11 @@ def group_advantages(rewards, num_generations: int, scale: bool = True, eps: flo
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 per token: π_ref/π_θ − log(π_ref/π_θ) − 1 ≥ 0, an unbiased estimate of KL(π_θ‖π_ref) under π_θ."""
+    """Eq. 2 per token: π_ref/π_θ − log(π_ref/π_θ) − 1 ≥ 0, an unbiased estimate of KL(π_θ‖π_ref) under π_θ.
+
+    As a loss term its gradient, (1 − π_ref/π_θ)·∇log π_θ, has expectation ∇KL(π_ref‖π_θ) under π_θ: the
+    forward KL's gradient, equal to the reverse KL's only to first order near π_ref (03_grpo_loss checks it).
+    """
     log_ratio = ref_logp - logp
     return torch.exp(log_ratio) - log_ratio - 1
 
@@ -97,7 +101,8 @@ def grpo_loss(
 
     Per token: ℓ = −min(ρA, clip(ρ, 1−ε, 1+ε)A) + β·k3, ρ = exp(logp − old_logp). Reduction:
       grpo     mean over each sequence's tokens, then over sequences
-      bnpo     Σ ℓ·mask / Σ mask over the micro-batch (the project's port of the authors' loss)
+      bnpo     Σ ℓ·mask / Σ mask over the micro-batch: the authors' loss (their pinned TRL,
+               huggingface/trl @69ad852e5 `trl/trainer/grpo_trainer.py`, `compute_loss`)
       dr_grpo  Σ ℓ·mask / (B × max_completion_length)  (default: T, the padded length)
       dapo     Σ ℓ·mask / num_items_in_batch, the token count of the whole accumulated batch
                (default: this micro-batch's, which makes it equal to bnpo)

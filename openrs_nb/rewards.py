@@ -1,4 +1,5 @@
-"""The paper's reward functions (GUIDE §1), in TRL's reward-function signature.
+"""The paper's reward functions (Section 2; the authors' code: knoveleng/open-rs @2889c47,
+`src/open_r1/rewards.py`), in TRL's reward-function signature.
 
 Every reward takes `completions` — TRL's conversational form `[{"role": "assistant", "content": str}]`
 or plain strings — plus dataset columns by name (`solution`, …) and TRL's extras (`prompts`,
@@ -7,7 +8,9 @@ by `openrs_nb.grading` (math-verify with a hard time bound), never here.
 
 Two holes of the authors' code are closed: an unparseable gold answer scores 0.0 (theirs 1.0, a free
 reward; the cases are counted in `UNPARSEABLE_GOLD` and logged once per batch), and the cosine
-reward clamps its length progress to [0, 1] (theirs cycles back up past `max_len`).
+reward clamps its length progress to [0, 1] (theirs cycles back up past `max_len`). The free reward
+goes to a whole group, so Eq. 3 gives it advantage 0 either way: it changes no gradient, only the
+logged reward and accuracy.
 
 Configs name rewards by their key in `REWARDS`; `build_reward_funcs(names, …)` turns the names into
 the callables GRPOTrainer wants, each named f"{name}_reward" so TRL logs `rewards/<name>_reward/mean`.
@@ -226,10 +229,14 @@ def get_cosine_scaled_reward(
     clamp: bool = True,
 ) -> RewardFunc:
     """The cosine reward (exp 3): correctness scaled by length — a short correct answer earns the most,
-    a long wrong one loses the most.
+    and with these defaults a long wrong one loses the most.
 
-    Defaults are the authors' (GUIDE §1); `length_unit` "chars" (theirs) or "tokens" (TRL's
-    `completion_ids`). Unparseable gold scores 0.0 and is counted (theirs: 1.0).
+    Defaults are the values the authors' runs used: `GRPOScriptArguments` in knoveleng/open-rs @2889c47
+    `src/open_r1/grpo.py` (cosine_min_value_wrong 0.0, cosine_max_value_wrong -0.5, max_len 1000; exp 3
+    passes `--cosine_max_len 3584`, README). Paper §2 says the opposite for wrong answers (longer ones
+    penalised less); `min_value_wrong=-1.0, max_value_wrong=-0.5` (the defaults of the function in their
+    `rewards.py`, and open-r1's unit test) does that. `length_unit` "chars" (theirs: `len(content)`) or
+    "tokens" (TRL's `completion_ids`). Unparseable gold scores 0.0 and is counted (theirs: 1.0).
     """
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
         raise ValueError(f"max_len={max_len!r} must be a positive integer")
