@@ -11,7 +11,7 @@ RUN_DIR ?= runs/demo
 # CPU-only torch: use PyTorch's CPU index when it is reachable (elsewhere a local CPU wheel must be found).
 TORCH_INDEX := $(shell curl -s -m 5 -o /dev/null -w '%{http_code}' https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null | grep -q 200 && echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test lab gpu-smoke clean-runs strip-notebooks
+.PHONY: demo test lab gpu-smoke clean-runs strip-notebooks lint
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "openrs_nb needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -54,6 +54,14 @@ gpu-smoke:
 clean-runs:
 	rm -rf runs/smoke
 
+# nbstripout keeps the cells' stable ids (--keep-id) and also drops what papermill adds to the metadata.
+NBSTRIPOUT = $(PY) -m nbstripout --keep-id --extra-keys "metadata.papermill cell.metadata.papermill"
+
 ## make strip-notebooks: drop outputs before committing (CI fails on notebooks with outputs)
 strip-notebooks: $(STAMP)
-	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
+	$(NBSTRIPOUT) notebooks/*.ipynb
+
+## make lint: ruff (package, tests, benchmarks, the notebooks' code cells); notebooks stored without outputs
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(NBSTRIPOUT) --verify notebooks/*.ipynb

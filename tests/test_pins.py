@@ -130,3 +130,15 @@ def test_every_third_party_import_of_the_package_is_pinned():
         if not candidates & pinned:
             missing[module] = sorted(candidates)
     assert not missing, f"imported by openrs_nb but pinned nowhere in pyproject.toml: {missing}"
+
+
+def test_pre_commit_hooks_install_the_dev_pins():
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    hooks = {h["id"]: h for repo in config["repos"] for h in repo["hooks"]}
+    assert set(hooks) == {"ruff", "nbstripout"}
+    dev = expected("dev")
+    for hook in hooks.values():
+        assert pins(hook["additional_dependencies"]).items() <= dev.items(), hook
+    makefile = (ROOT / "Makefile").read_text()
+    strip_args = hooks["nbstripout"]["entry"].removeprefix("nbstripout ")
+    assert f"-m nbstripout {strip_args}" in makefile, "make strip-notebooks and the hook strip the same keys"
