@@ -999,18 +999,34 @@ def dataset_card(info: dict[str, Any]) -> str:
                   f"{info.get('max_prompt_length')} tokens were dropped):", "", "```", info["system_prompt"], "```"]
     lines += ["", "## Columns", "", "`prompt` (chat messages), `problem`, `solution` (contains `\\boxed{answer}`), "
               "`answer`, `source`, `level`, `subset` (part of the mix).", "", "## Load", "", "```python",
-              "from datasets import load_from_disk", "ds = load_from_disk('<this folder>')", "```"]
+              "from datasets import load_from_disk", "ds = load_from_disk('<this folder>')",
+              "# or its Parquet copy (uploaded to the Hub, the YAML header makes that file the train split):",
+              "from datasets import load_dataset",
+              "ds = load_dataset('parquet', data_files='<this folder>/train.parquet', split='train')", "```"]
     if info.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in info["notes"]]
     return "\n".join(lines) + "\n"
 
 
+def _size_category(rows: int) -> str:
+    """The Hub's `size_categories` bin for a dataset of `rows` examples."""
+    for limit, label in ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                         (10**7, "1M<n<10M")):
+        if rows < limit:
+            return label
+    return "other"
+
+
 def save_curated(ds: Dataset, out_dir: str | os.PathLike, *, card: dict[str, Any], system_prompt: str | None = None,
                  tokenizer=None, max_prompt_length: int | None = None) -> Path:
-    """Step 7. Write `ds` as a `save_to_disk` folder (what 04_train's `dataset=<path>` reads) with a
-    README.md dataset card and curation.json (the card's facts as JSON). With `system_prompt`, the chat
-    `prompt` column is added and prompts over `max_prompt_length` tokens are dropped first."""
+    """Step 7. Write `ds` as a `save_to_disk` folder (what 04_train's `dataset=<path>` reads), the same rows
+    as `train.parquet`, a README.md dataset card (`huggingface_hub.DatasetCard`: YAML metadata whose
+    `configs` make the Parquet file the train split once the folder is a Hub repo, then the funnel) and
+    curation.json (the card's facts as JSON). With `system_prompt`, the chat `prompt` column is added and
+    prompts over `max_prompt_length` tokens are dropped first."""
     import shutil
+
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     out = Path(out_dir)
     if system_prompt is not None:
@@ -1018,8 +1034,14 @@ def save_curated(ds: Dataset, out_dir: str | os.PathLike, *, card: dict[str, Any
     if out.exists():
         shutil.rmtree(out)
     ds.save_to_disk(str(out))
+    ds.to_parquet(str(out / "train.parquet"))
     info = dict(card, rows=len(ds), system_prompt=system_prompt, max_prompt_length=max_prompt_length)
-    (out / "README.md").write_text(dataset_card(info), encoding="utf-8")
+    info.setdefault("title", "Curated math training data (openrs_nb)")
+    metadata = DatasetCardData(
+        pretty_name=info["title"], language="en", task_categories=["text-generation"],
+        size_categories=_size_category(len(ds)), tags=["math", "reasoning", "grpo", "open-rs"],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "train.parquet"}]}])
+    DatasetCard(f"---\n{metadata.to_yaml()}\n---\n\n{dataset_card(info)}").save(out / "README.md")
     steps = {k: [asdict(s) if isinstance(s, StepReport) else s for s in v]
              for k, v in (info.get("steps") or {}).items()}
     (out / "curation.json").write_text(json.dumps(dict(info, steps=steps), indent=2, ensure_ascii=False, default=str),
