@@ -31,6 +31,35 @@ def test_group_advantages_match_trl_formula():
     torch.testing.assert_close(grpo.group_advantages(r, 3), trl.view(-1))
 
 
+
+def _expected_update(theta, arm_rewards, G, advantage):
+    """E over every outcome of one group of G pulls of a softmax bandit of ∇ (1/G) Σ_i A_i log π(a_i)."""
+    import itertools
+
+    log_pi = torch.log_softmax(theta, 0)
+    total = torch.zeros_like(theta)
+    for arms in itertools.product(range(len(arm_rewards)), repeat=G):
+        arms = list(arms)
+        adv = advantage(arm_rewards[arms]).detach()
+        (grad,) = torch.autograd.grad((adv * log_pi[arms]).mean(), theta, retain_graph=True)
+        total += log_pi[arms].sum().exp().detach() * grad
+    return total
+
+
+@pytest.mark.parametrize("G", [2, 3])
+def test_group_mean_baseline_scales_the_gradient_by_g_minus_1_over_g(G):
+    theta = torch.tensor([0.4, -0.3, 0.1], dtype=torch.float64, requires_grad=True)
+    arm_rewards = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    (true_grad,) = torch.autograd.grad((torch.softmax(theta, 0) * arm_rewards).sum(), theta)
+    group_mean = _expected_update(theta, arm_rewards, G, lambda r: r - r.mean())
+    torch.testing.assert_close(group_mean, (G - 1) / G * true_grad, rtol=0, atol=1e-12)
+    leave_one_out = _expected_update(theta, arm_rewards, G, lambda r: r - (r.sum() - r) / (G - 1))
+    torch.testing.assert_close(leave_one_out, true_grad, rtol=0, atol=1e-12)
+    if G == 3:  # dividing by the group std: no longer a multiple of the true gradient
+        scaled = _expected_update(theta, arm_rewards, G, lambda r: (r - r.mean()) / (r.std() + 1e-4))
+        ratios = scaled / true_grad
+        assert (ratios.max() - ratios.min()).item() > 0.1
+
 @pytest.mark.parametrize(
     "rewards, g, match",
     [([1.0, 0.0, 1.0], 2, "groups of num_generations=2"), ([1.0, 0.0], 1, "at least 2"),
@@ -49,6 +78,23 @@ def test_kl_k3_hand_worked():
     # r = π_ref/π = 0.5: 0.5 − ln 0.5 − 1 = ln 2 − 0.5; equal probabilities give exactly 0
     torch.testing.assert_close(kl, torch.tensor([math.log(2) - 0.5, 0.0]))
 
+
+
+def test_k3_expected_gradient_is_the_forward_kl_gradient():
+    g = torch.Generator().manual_seed(0)
+    for spread, close_to_reverse in ((0.05, True), (1.0, False)):
+        theta = torch.randn(5, dtype=torch.float64, generator=g).requires_grad_()
+        logq = torch.log_softmax(theta.detach() + spread * torch.randn(5, dtype=torch.float64, generator=g), 0)
+        logp = torch.log_softmax(theta, 0)
+        expected = torch.zeros(5, dtype=torch.float64)
+        for x in range(5):  # E_{x ~ π_θ}[∇θ k3(x)] with the sampled token held fixed
+            (grad_x,) = torch.autograd.grad(grpo.kl_k3(logp[x], logq[x]), theta, retain_graph=True)
+            expected += logp[x].exp().detach() * grad_x
+        (forward,) = torch.autograd.grad((logq.exp() * (logq - logp)).sum(), theta, retain_graph=True)
+        (reverse,) = torch.autograd.grad((logp.exp() * (logp - logq)).sum(), theta)
+        torch.testing.assert_close(expected, forward, rtol=0, atol=1e-12)
+        rel = ((expected - reverse).norm() / reverse.norm()).item()
+        assert (rel < 0.05) if close_to_reverse else (rel > 0.2), (spread, rel)
 
 # ---------------------------------------------------------------- Eq. 1: clipping
 
@@ -74,6 +120,17 @@ def test_clipping_edge_cases(ratio, adv, loss, grad, clipped):
     assert stats["clip_ratio/low_mean"] == (1.0 if clipped == "low" else 0.0)
     assert "kl" not in stats
 
+
+
+@pytest.mark.parametrize("log_ratio, adv, clipped", [
+    (math.log(0.8) + 0.01, -1.0, False), (math.log(0.8) - 0.01, -1.0, True),  # lower bound log(1 − ε) = −0.223
+    (math.log(1.2) - 0.01, 1.0, False), (math.log(1.2) + 0.01, 1.0, True),  # upper bound log(1 + ε) = +0.182
+    (-0.2, -1.0, False),  # |−0.2| > log 1.2, yet inside: the range is not symmetric in log space
+])
+def test_clip_range_in_log_space(log_ratio, adv, clipped):
+    _, stats = grpo.grpo_loss(torch.tensor([[log_ratio]]), torch.zeros(1, 1), None, torch.tensor([adv]),
+                              torch.ones(1, 1), epsilon=0.2, beta=0.0)
+    assert stats["clip_ratio/region_mean"] == (1.0 if clipped else 0.0)
 
 def test_kl_gradient_pulls_towards_reference():
     logp = torch.log(torch.tensor([[0.5]])).requires_grad_()

@@ -38,6 +38,22 @@ def _papermill(tmp_path, notebook, **params):
                                       cwd=str(notebook.parent), progress_bar=False, kernel_name="python3")
 
 
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_refuses_a_misspelled_parameter_first(tmp_path, path):
+    """papermill only warns about unknown -p names; every notebook must stop, naming the bad one, in the
+    cell right after the parameters (so before any heavy work)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as err:
+        _papermill(tmp_path, path, betaz=0.1, run_dir=str(tmp_path))
+    assert "unknown parameter(s) ['betaz']" in str(err.value)
+    cells = [c for c in json.loads((tmp_path / "out.ipynb").read_text())["cells"]
+             if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]  # papermill's own markers
+    injected = next(i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", []))
+    failed = [i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failed == [injected + 1], (injected, failed)
+
 def test_04_refuses_an_unknown_parameter_before_loading_anything(tmp_path):
     from papermill.exceptions import PapermillExecutionError
 

@@ -141,7 +141,8 @@ def test_accuracy_malformed_inputs():
 # cosine
 # --------------------------------------------------------------------------------------------------
 def test_cosine_reproduces_open_r1_test():
-    """open-r1's test_cosine_scaled_reward; "20 chars" is the unpadded 22-char string (GUIDE §1)."""
+    """open-r1's test_cosine_scaled_reward (huggingface/open-r1 @250ab46, tests/test_rewards.py); its
+    "20 chars" case is the unpadded 22-char string (padding to a width below the length adds nothing)."""
     reward = get_cosine_scaled_reward(-1.0, -0.5, 0.5, 1.0, max_len=100)
     gold = "\\frac{63}{400}"
     right, wrong = "\\boxed{\\frac{63}{400}}", "\\boxed{\\frac{64}{400}}"
@@ -152,6 +153,32 @@ def test_cosine_reproduces_open_r1_test():
         (value,) = reward([padded], solution=[gold])
         assert value == pytest.approx(expected, abs=0.006)
 
+
+
+def test_cosine_wrong_answer_conventions():
+    # Defaults = the authors' script values (0.0, -0.5): a longer wrong answer is penalised MORE.
+    assert cosine_scaled(0, False) > cosine_scaled(500, False) > cosine_scaled(1000, False) == pytest.approx(-0.5)
+    # The paper's text and the function defaults of open-r1 / the authors' rewards.py (-1.0, -0.5): LESS.
+    text = dict(min_value_wrong=-1.0, max_value_wrong=-0.5)
+    assert cosine_scaled(0, False, **text) == pytest.approx(-1.0)
+    assert cosine_scaled(0, False, **text) < cosine_scaled(500, False, **text) < cosine_scaled(1000, False, **text)
+    assert cosine_scaled(1000, False, **text) == pytest.approx(-0.5)
+    # correct answers are the same under both
+    assert cosine_scaled(300, True, **text) == cosine_scaled(300, True)
+
+
+def test_free_reward_changes_no_advantage():
+    """An unusable gold pays the whole group the same (authors 1.0, ours 0.0): Eq. 3 gives equal advantages."""
+    from openrs_nb.grpo import group_advantages
+
+    texts = ["ok\n</think>\n\\boxed{5}", "no format \\boxed{6}", "ok\n</think>\n\\boxed{7}", "\\boxed{5}"]
+    golds = [""] * 4
+    fmt = format_reward(texts)
+    assert len(set(fmt)) == 2  # the format reward still differs inside the group
+    theirs = [f + 2 * a for f, a in zip(fmt, authors_accuracy_reward(texts, golds))]
+    ours = [f + 2 * a for f, a in zip(fmt, accuracy_reward(texts, solution=golds))]
+    assert theirs == [f + 2.0 for f in fmt] and ours == fmt
+    assert group_advantages(theirs, 4).tolist() == pytest.approx(group_advantages(ours, 4).tolist(), abs=1e-6)
 
 def test_cosine_hand_worked_defaults():
     # p = 0 -> cos = 1 -> correct max (1.0), wrong min_wrong (0.0); p = 0.5 -> cos = 0 -> midpoints
