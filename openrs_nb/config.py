@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENTS = (1, 2, 3)
-PROFILES = ("auto", "demo", "paper")
+PROFILES = ("auto", "demo", "paper", "rehearsal")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 FORMAT_MODES = ("prefilled_think", "strict")
 VLLM_MODES = ("server", "colocate")
@@ -232,7 +232,8 @@ class ExperimentConfig:
     exp: int = 3
     """Which experiment of the paper: 1 (open-s1), 2 (open-rs mix) or 3 (mix + cosine reward)."""
     profile: str = "demo"
-    """'demo' (embedded model and data, CPU-sized) or 'paper' (Hub model and data, 4×A40)."""
+    """'demo' (embedded model and data, CPU-sized), 'paper' (Hub model and data, 4×A40) or 'rehearsal'
+    (the paper's accelerate launch on CPU: 2 processes, demo model and data, a few steps)."""
 
     # --- model and data -------------------------------------------------------------------------
     model_name_or_path: str = "demo"
@@ -335,6 +336,8 @@ class ExperimentConfig:
     """Machines for a multi-node accelerate launch (server mode: vLLM runs on machine 0)."""
     use_cpu: bool = False
     """Train on CPU (the demo profile)."""
+    num_processes: int = 0
+    """Training processes per machine; 0 = one per training GPU (the CPU rehearsal sets 2)."""
 
     # --- LoRA (any profile) ---------------------------------------------------------------------------
     lora: bool = False
@@ -362,6 +365,8 @@ class ExperimentConfig:
     @property
     def train_processes(self) -> int:
         """Training processes across all machines (server mode leaves one GPU to vLLM)."""
+        if self.num_processes:
+            return self.num_processes * self.num_machines
         per_machine = self.num_gpus - 1 if (self.use_vllm and self.vllm_mode == "server") else self.num_gpus
         return 1 if self.use_cpu else max(1, per_machine) * self.num_machines
 
@@ -409,8 +414,10 @@ class ExperimentConfig:
             push_to_hub=self.push_to_hub,
             use_cpu=self.use_cpu,
             use_bias_correction_kl=self.use_bias_correction_kl,
+            # On CPU, bf16 means autocast over fp32 weights: bf16 weights would round away updates
+            # smaller than 2^-8 of a weight (lr 1e-5 steps), and DeepSpeed's fp32 master copy is GPU-only.
             model_init_kwargs={"attn_implementation": self.attn_implementation,
-                               "dtype": "bfloat16" if self.bf16 else "float32"},
+                               "dtype": "bfloat16" if self.bf16 and not self.use_cpu else "float32"},
         )
         if self.push_to_hub:
             kw.update(hub_model_id=self.hub_model_id, hub_strategy="every_save")
@@ -499,6 +506,22 @@ _DEMO: dict[str, Any] = dict(
 )
 
 
+# The paper's launch rehearsed on CPU ("rehearse the launch before you rent GPUs"): the demo preset,
+# started by train.launch_plan / run_launch as `accelerate launch` with 2 training processes (gloo, no
+# DeepSpeed, no vLLM) and tiny shapes. Like the authors' per-device batch 6 = G, each micro-batch is
+# one prompt's group (4 = G), accumulated twice: 2 processes × 4 × 2 / 4 = 4 prompts per step.
+_REHEARSAL: dict[str, Any] = dict(
+    num_processes=2,
+    max_steps=4,
+    save_steps=2,
+    dataset_size=64,
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=2,
+    max_completion_length=16,
+    sft_steps=0,
+)
+
+
 def cuda_gpu_count() -> int:
     """Number of visible CUDA GPUs (0 when torch or CUDA is missing)."""
     if importlib.util.find_spec("torch") is None:
@@ -549,8 +572,10 @@ def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> Ex
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid names: {', '.join(sorted(names))}")
     values: dict[str, Any] = dict(exp=exp, profile=profile, model_name_or_path=PAPER_MODEL, **_PAPER_EXPERIMENTS[exp])
-    if profile == "demo":
+    if profile in ("demo", "rehearsal"):
         values.update(_DEMO, system_prompt=DEMO_SYSTEM_PROMPT + (ENGLISH_ONLY if exp == 3 else ""))
+        if profile == "rehearsal":
+            values.update(_REHEARSAL)
         if "lora" not in overrides and memory_limit_gib() < LORA_BELOW_GIB:
             values["lora"] = True
             print(f"[openrs_nb] {memory_limit_gib():.1f} GiB of memory: the demo trains LoRA adapters (lora=True) "
@@ -630,6 +655,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ValueError("bf16=True with use_cpu=True: CPU training here runs in fp32; set bf16 False")
     if cfg.use_vllm and cfg.use_cpu:
         raise ValueError("use_vllm=True needs CUDA GPUs; the CPU demo generates with transformers (use_vllm False)")
+    if cfg.num_processes < 0:
+        raise ValueError(f"num_processes={cfg.num_processes} must be >= 0 (0 = one per training GPU)")
+    if cfg.profile == "rehearsal" and cfg.train_processes < 2:
+        raise ValueError(f"the rehearsal launches several processes: num_processes={cfg.num_processes} must be >= 2")
+    if cfg.use_vllm and cfg.max_prompt_length + cfg.max_completion_length > cfg.vllm_max_model_length:
+        raise ValueError(
+            f"max_prompt_length {cfg.max_prompt_length} + max_completion_length {cfg.max_completion_length} = "
+            f"{cfg.max_prompt_length + cfg.max_completion_length} tokens do not fit vllm_max_model_length "
+            f"{cfg.vllm_max_model_length}: raise vllm_max_model_length or shorten the completions"
+        )
     if cfg.use_vllm and cfg.vllm_mode == "server" and cfg.num_gpus < 2:
         raise ValueError(f"vllm_mode='server' needs num_gpus >= 2 (one serves vLLM), got {cfg.num_gpus}; "
                          "use vllm_mode='colocate' on one GPU")

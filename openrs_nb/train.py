@@ -1,33 +1,66 @@
-"""GRPO training with TRL: the CPU demo in-process, the paper's multi-GPU run as a launch plan.
+"""GRPO training with TRL: the CPU demo in this process, the paper's run (and its CPU rehearsal) as a launch.
 
-Outputs of a run in `output_dir`: `metrics.jsonl` (one line per logged step, appended as it
-happens), `completions.jsonl` (sampled completions with their rewards), `checkpoint-<step>/`,
-`run.json` (the config), `summary.json` (when training ends).
+`run_experiment(cfg, output_dir)` is the one entry point: the `demo` profile trains here; `paper` and
+`rehearsal` write a launch plan (`launch.sh`, the accelerate recipe, `run.json`) and start it, each
+process running `python -m openrs_nb.train --config run.json`.
+
+What a run leaves in `output_dir`, written so that a crash never costs what was already saved:
+- `run.json`: the ExperimentConfig, written once before training starts; `grpo_config.yaml`: the exact
+  `trl.GRPOConfig`, readable by TRL's own `TrlParser`;
+- `metrics.jsonl` (one line per logged step) and `completions.jsonl` (every sampled completion with
+  its rewards and advantage), appended as they happen;
+- `checkpoint-<step>/`: a checkpoint counts once it is complete (`checkpoint_missing`); a partial one
+  left by a crash is renamed `incomplete-checkpoint-<step>` on resume, never deleted;
+- `segments.json` (wall time of the first run and of each resume) and `summary.json` (at the end;
+  `train_runtime` adds up every segment);
+- `format-priming/` (demo only), `train.lock` (held by the training process; a second training into
+  the same folder is refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from openrs_nb.config import ExperimentConfig, load_experiment
+from openrs_nb.config import ExperimentConfig, load_experiment, project_path
+from openrs_nb.files import (
+    append_jsonl,
+    read_json,
+    read_jsonl,  # noqa: F401 (re-exported: older code imports it from here)
+    write_json_atomic,
+    write_text_atomic,
+)
 
 # Seconds-long settings for the test suite (OPENRS_SMOKE): shows the machinery runs, not that it learns.
 SMOKE_OVERRIDES = dict(max_steps=2, save_steps=1, sft_steps=2, sft_examples=8, dataset_size=16,
                        max_completion_length=24)
-NOTEBOOK_PARAMS = {"exp", "profile", "max_steps", "output_dir", "resume", "dry_run", "smoke", "run_dir"}
+NOTEBOOK_PARAMS = {"exp", "profile", "max_steps", "output_dir", "resume", "dry_run", "smoke", "run_dir",
+                   "machine_rank", "main_process_ip", "main_process_port"}
 
 METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
 RUN_FILE = "run.json"
+GRPO_CONFIG_FILE = "grpo_config.yaml"
+SEGMENTS_FILE = "segments.json"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = "train.lock"
+PRIMING_DIR = "format-priming"
+PRIMING_LOSSES = "format_priming.jsonl"
+REPLICA_FILE = "replica.rank{rank}.json"
+RECIPES = {"zero2": "recipes/accelerate_configs/zero2.yaml", "ddp": "recipes/accelerate_configs/ddp.yaml"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,8 +107,66 @@ def reward_funcs(cfg: ExperimentConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics: appended to disk as they are logged
+# What gets logged: metrics from the trainer's on_log, completions from the reward functions
 # ---------------------------------------------------------------------------------------------
+class CompletionRecorder:
+    """Keeps what the reward functions were given (prompt, completion) and returned, until the step is logged.
+
+    TRL calls every reward function with the same prompts and completions of this process's generation
+    batch (its public reward-function interface), so wrapping them records every completion without
+    reading the trainer's private state. The advantage is Eq. 3 on the weighted reward sum, as TRL
+    computes it (`grpo.group_advantages`; groups are whole within a process: validate() keeps the
+    per-device batch a multiple of num_generations).
+    """
+
+    def __init__(self, weights: list[float], num_generations: int, scale: bool = True):
+        self.weights, self.num_generations, self.scale = list(weights), num_generations, scale
+        self._batches: list[dict] = []
+
+    def wrap(self, funcs: list) -> list:
+        """The reward functions, each recording its inputs and outputs; names unchanged (TRL logs by name)."""
+        return [self._wrap_one(f) for f in funcs]
+
+    def _wrap_one(self, func):
+        def reward(prompts=None, completions=None, **kwargs):
+            values = func(prompts=prompts, completions=completions, **kwargs)
+            self._record(func.__name__, prompts, completions, values)
+            return values
+
+        reward.__name__ = reward.__qualname__ = func.__name__
+        reward.__doc__ = func.__doc__
+        return reward
+
+    def _record(self, name, prompts, completions, values) -> None:
+        if not self._batches or name in self._batches[-1]["rewards"]:  # the first function of a new batch
+            self._batches.append({"prompts": list(prompts), "completions": list(completions), "rewards": {}})
+        self._batches[-1]["rewards"][name] = [None if v is None else float(v) for v in values]
+
+    def pop_rows(self, step: int) -> list[dict]:
+        """completions.jsonl rows of everything recorded since the last call."""
+        from openrs_nb.grpo import group_advantages
+
+        rows = []
+        for batch in self._batches:
+            rewards = batch["rewards"]
+            names = list(rewards)
+            totals = [sum(w * (rewards[n][i] or 0.0) for n, w in zip(names, self.weights))
+                      for i in range(len(batch["completions"]))]
+            scorable = all(r is not None for n in names for r in rewards[n])
+            try:
+                advantages = group_advantages(totals, self.num_generations, scale=self.scale).tolist()
+            except ValueError:  # a batch that is not whole groups (never in training): no advantage to report
+                advantages = None
+            if not scorable:  # TRL zeroes the advantage of unscorable rows; we report none rather than guess
+                advantages = None
+            for i, (prompt, completion) in enumerate(zip(batch["prompts"], batch["completions"])):
+                rows.append({"step": step, "prompt": _plain(prompt), "completion": _plain(completion),
+                             "advantage": advantages[i] if advantages else None,
+                             "rewards": {n: rewards[n][i] for n in names}})
+        self._batches.clear()
+        return rows
+
+
 def _trainer_callback_base():
     from transformers import TrainerCallback
 
@@ -83,38 +174,89 @@ def _trainer_callback_base():
 
 
 class MetricsWriter(_trainer_callback_base()):
-    """Append every logged step to metrics.jsonl (and its sampled completions to completions.jsonl)."""
+    """Append every logged step to metrics.jsonl and its completions to completions.jsonl (main process).
 
-    def __init__(self, output_dir: str | Path, progress_every: int = 0):
+    Uses only the public callback interface: on_log's `logs`, the TrainerState, and the rows a
+    CompletionRecorder kept (gathered from every process). Also keeps segments.json, the wall time of
+    this training segment, so that a run killed and resumed still counts all the time it used.
+    """
+
+    def __init__(self, output_dir: str | Path, recorder: CompletionRecorder | None = None):
         self.dir = Path(output_dir)
-        self.trainer = None  # set after the trainer exists, to read the completions TRL keeps
-        self.progress_every = progress_every
+        self.recorder = recorder
+        self._t0 = time.time()
+        self._segments: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = time.time()
+        if state.is_world_process_zero:
+            path = self.dir / SEGMENTS_FILE
+            self._segments = read_json(path) if path.is_file() else []
+            self._segments.append({"start_step": state.global_step, "end_step": state.global_step,
+                                   "runtime_s": 0.0, "finished": False,
+                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            write_json_atomic(path, self._segments)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        rows = self.recorder.pop_rows(state.global_step) if self.recorder else []
+        if args.world_size > 1:  # every process calls on_log at the same point: gather its completions
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
         if not state.is_world_process_zero or not logs:
             return
         if "train_runtime" in logs:  # the end-of-training summary, not a step
-            (self.dir / "summary.json").write_text(json.dumps(logs, indent=1))
+            self._end_segment(state, logs["train_runtime"], finished=True)
+            total = sum(s["runtime_s"] for s in self._segments)
+            summary = {**{k: _plain(v) for k, v in logs.items()}, "segment_train_runtime": logs["train_runtime"],
+                       "train_runtime": total, "segments": self._segments}
+            write_json_atomic(self.dir / SUMMARY_FILE, summary)
             return
-        row = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}
-        _append_jsonl(self.dir / METRICS_FILE, [row])
-        self._log_completions(state.global_step)
+        append_jsonl(self.dir / METRICS_FILE, [{"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}])
+        if rows:
+            append_jsonl(self.dir / COMPLETIONS_FILE, rows)
+        self._end_segment(state, time.time() - self._t0, finished=False)
 
-    def _log_completions(self, step: int) -> None:
-        logs = getattr(self.trainer, "_logs", None)
-        if not logs or not logs.get("completion"):
+    def _end_segment(self, state, runtime: float, finished: bool) -> None:
+        if not self._segments:
             return
-        names = list(logs["rewards"])
-        rows = []
-        for i, (prompt, completion) in enumerate(zip(logs["prompt"], logs["completion"])):
-            rows.append({
-                "step": step,
-                "prompt": _plain(prompt),
-                "completion": _plain(completion),
-                "advantage": _plain(logs["advantages"][i]) if i < len(logs["advantages"]) else None,
-                "rewards": {n: _plain(logs["rewards"][n][i]) for n in names if i < len(logs["rewards"][n])},
-            })
-        _append_jsonl(self.dir / COMPLETIONS_FILE, rows)
+        self._segments[-1].update(end_step=state.global_step, runtime_s=round(float(runtime), 3), finished=finished)
+        write_json_atomic(self.dir / SEGMENTS_FILE, self._segments)
+
+
+class ReplicaFingerprint(_trainer_callback_base()):
+    """At the end of a multi-process run, each process writes a SHA-256 of its model's parameters.
+
+    Data-parallel training keeps one model per process and must keep them identical (DDP averages
+    the gradients; ZeRO-2 shards optimizer state, not parameters): `replicas_identical` compares them.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.dir = Path(output_dir)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if args.world_size > 1 and model is not None:
+            write_json_atomic(self.dir / REPLICA_FILE.format(rank=args.process_index),
+                              {"rank": args.process_index, "step": state.global_step,
+                               "sha256": parameters_sha256(model)})
+
+
+def parameters_sha256(model) -> str:
+    """SHA-256 over every parameter's name and raw bytes (bit-identical models hash the same)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def replicas_identical(output_dir: str | Path) -> tuple[bool, dict[int, str]]:
+    """(all processes ended with the same parameters, rank -> hash) from the replica files."""
+    hashes = {r["rank"]: r["sha256"] for p in sorted(Path(output_dir).glob(REPLICA_FILE.format(rank="*")))
+              for r in [read_json(p)]}
+    return len(set(hashes.values())) == 1 and len(hashes) > 1, hashes
 
 
 def _plain(v):
@@ -126,59 +268,162 @@ def _plain(v):
     return v
 
 
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, resume and the output-dir lock
+# ---------------------------------------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "adapter_model.safetensors", "adapter_model.bin")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a truncated last line (a crash mid-write) is skipped."""
-    rows = []
-    lines = Path(path).read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise
-    return rows
+def checkpoint_step(path: Path) -> int | None:
+    """N for a folder named checkpoint-N, else None."""
+    prefix, _, step = path.name.partition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint-<step> folder with the highest step, or None."""
-    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+def checkpoint_missing(ckpt: str | Path, processes: int | None = None) -> list[str]:
+    """What a checkpoint folder lacks to resume from; [] when complete.
+
+    transformers writes weights, optimizer, scheduler and each process's RNG state, then
+    trainer_state.json last; a crash in between leaves a folder that `get_last_checkpoint` still picks.
+    `processes`: the run's process count (each saves rng_state_<rank>.pth); None accepts any count.
+    """
+    ckpt = Path(ckpt)
+    names = {p.name for p in ckpt.iterdir()} if ckpt.is_dir() else set()
+    missing = []
+    if "trainer_state.json" not in names:
+        missing.append("trainer_state.json")
+    if not names & set(WEIGHT_FILES):
+        missing.append("model weights (" + " / ".join(WEIGHT_FILES) + ")")
+    if "optimizer.pt" in names:
+        if "scheduler.pt" not in names:
+            missing.append("scheduler.pt")
+    elif "latest" not in names:  # DeepSpeed keeps optimizer and scheduler in global_step<N>/, named by `latest`
+        missing.append("optimizer state (optimizer.pt, or DeepSpeed's latest + global_step*/)")
+    if processes == 1 or (processes is None and "rng_state.pth" in names):
+        rng = ["rng_state.pth"]
+    else:
+        count = processes or sum(1 for n in names if n.startswith("rng_state_")) or 1
+        rng = [f"rng_state_{i}.pth" for i in range(count)]
+    missing += [r for r in rng if r not in names]
+    return missing
 
 
-def _prepare_output_dir(output_dir: Path, resume: bool) -> Path | None:
-    """Check the folder fits `resume`; on resume trim metrics past the checkpoint (they will be redone)."""
-    ckpt = latest_checkpoint(output_dir)
-    if resume:
-        if ckpt is None:
-            raise FileNotFoundError(f"resume=True but {output_dir} holds no checkpoint-<step> folder to resume from")
-        step = int(ckpt.name.split("-")[-1])
-        for name in (METRICS_FILE, COMPLETIONS_FILE):
-            path = output_dir / name
-            if path.exists():
-                rows = read_jsonl(path)
-                later = [r for r in rows if r.get("step", 0) > step]
-                if later:  # keep the steps that will be recomputed, beside the file, never delete them
-                    _append_jsonl(output_dir / (name + f".after-checkpoint-{step}"), later)
-                path.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
-        print(f"[openrs_nb] resuming from {ckpt} (step {step})")
-        return ckpt
-    if (output_dir / METRICS_FILE).exists() or ckpt is not None:
+def latest_checkpoint(output_dir: str | Path, processes: int | None = None) -> Path | None:
+    """The complete checkpoint-<step> folder with the highest step, or None."""
+    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if checkpoint_step(p) is not None]
+    complete = [p for p in ckpts if not checkpoint_missing(p, processes)]
+    return max(complete, key=checkpoint_step, default=None)
+
+
+def _set_aside(path: Path, prefix: str) -> Path:
+    """Rename `path` to `<prefix>-<name>` beside it (never overwriting); returns the new path."""
+    target = path.with_name(f"{prefix}-{path.name}")
+    n = 2
+    while target.exists():
+        target, n = path.with_name(f"{prefix}{n}-{path.name}"), n + 1
+    path.rename(target)
+    return target
+
+
+def holds_run(output_dir: Path) -> list[str]:
+    """What in output_dir shows a training already ran there ([] for a fresh folder)."""
+    found = [n for n in (METRICS_FILE, SEGMENTS_FILE) if (output_dir / n).exists()]
+    return found + sorted(p.name for p in output_dir.glob("checkpoint-*") if checkpoint_step(p) is not None)
+
+
+def check_output_dir(output_dir: str | Path, resume: bool) -> None:
+    """Refuse, before anything is written, a fresh start over a run or a resume of nothing."""
+    output_dir = Path(output_dir)
+    found = holds_run(output_dir) if output_dir.is_dir() else []
+    if not resume and found:
         raise FileExistsError(
-            f"{output_dir} already holds a run. Pass resume=True to continue it, or choose another output_dir "
-            "(nothing is overwritten)."
+            f"{output_dir} already holds a run ({', '.join(found[:4])}). Pass resume=True to continue it from "
+            "its last complete checkpoint, or choose another output_dir. Nothing was changed."
         )
+    if resume and not found:
+        raise FileNotFoundError(f"resume=True but {output_dir} holds no run to resume (no {METRICS_FILE}, no "
+                                "checkpoint-<step> folder); pass resume=False to start one")
+
+
+def prepare_output_dir(output_dir: str | Path, resume: bool, processes: int | None = None) -> Path | None:
+    """Make output_dir fit `resume` and return the checkpoint to resume from (None: start at step 0).
+
+    On resume: incomplete checkpoints are set aside (renamed `incomplete-checkpoint-<step>`), and the
+    rows that metrics.jsonl / completions.jsonl hold past the checkpoint move to
+    `<file>.after-checkpoint-<step>` (those steps are trained again). With no complete checkpoint the
+    run restarts at step 0, its logged rows set aside the same way.
+    """
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, resume)
+    if not resume:
+        return None
+    for p in sorted(output_dir.glob("checkpoint-*")):
+        if checkpoint_step(p) is not None and (missing := checkpoint_missing(p, processes)):
+            print(f"[openrs_nb] {p.name} is incomplete (missing {', '.join(missing)}; a crash while it was "
+                  f"written?): kept as {_set_aside(p, 'incomplete').name}, not resumed from")
+    ckpt = latest_checkpoint(output_dir, processes)
+    step = checkpoint_step(ckpt) if ckpt else 0
+    for name in (METRICS_FILE, COMPLETIONS_FILE):
+        path = output_dir / name
+        if not path.exists():
+            continue
+        rows = read_jsonl(path)  # a corrupt middle line raises, naming file and line
+        later = [r for r in rows if r.get("step", 0) > step]
+        if later:  # kept beside the file, never deleted; written whole, so a crash here repeats nothing
+            aside = output_dir / f"{name}.after-checkpoint-{step}"
+            kept = read_jsonl(aside) if aside.exists() else []
+            write_text_atomic(aside, "".join(json.dumps(r) + "\n" for r in kept + [r for r in later if r not in kept]))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
+    print(f"[openrs_nb] resuming from {ckpt} (step {step})" if ckpt else
+          f"[openrs_nb] resume=True but {output_dir} has no complete checkpoint: training again from step 0")
+    return ckpt
+
+
+def lock_holder(output_dir: str | Path) -> int | None:
+    """pid of the process holding output_dir's training lock, or None when it is free."""
+    path = Path(output_dir) / LOCK_FILE
+    if not path.exists():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            info = dict(part.split("=", 1) for part in f.read().split() if "=" in part)
+            return int(info["pid"]) if info.get("pid", "").isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
     return None
+
+
+@contextmanager
+def output_dir_lock(output_dir: str | Path):
+    """Hold an exclusive lock on output_dir for a training; a second one is refused (the OS frees it on exit)."""
+    path = Path(output_dir) / LOCK_FILE
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown process"
+        f.close()
+        raise RuntimeError(f"{output_dir} is in use by another training ({holder}). Wait for it to finish or stop "
+                           "it, or choose another output_dir.") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid={os.getpid()} host={socket.gethostname()} since={time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        f.flush()
+        yield path
+    finally:
+        f.close()
+
+
+def _check_unlocked(output_dir: Path) -> None:
+    pid = lock_holder(output_dir)
+    if pid is not None:
+        raise RuntimeError(f"{output_dir} is in use by another training (pid={pid}). Wait for it to finish or stop "
+                           "it, or choose another output_dir.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,21 +437,48 @@ def priming_target(solution: str, answer: str, format_mode: str) -> str:
     return f"<think>\n{reasoning}\n</think>\n<answer>\\boxed{{{answer}}}</answer>"
 
 
-def format_priming(cfg: ExperimentConfig, output_dir: Path) -> Path:
+def _priming_settings(cfg: ExperimentConfig) -> dict:
+    names = ("model_name_or_path", "sft_steps", "sft_examples", "sft_learning_rate", "seed", "format_mode",
+             "system_prompt", "demo_levels", "attn_implementation", "use_cpu", "bf16")
+    return {n: getattr(cfg, n) for n in names}
+
+
+def priming_complete(path: Path, cfg: ExperimentConfig | None = None) -> bool:
+    """A primed model is usable: weights, tokenizer and settings saved (and, given cfg, the same settings)."""
+    if not ((path / "config.json").exists() and any((path / w).exists() for w in WEIGHT_FILES)
+            and (path / "tokenizer_config.json").exists() and (path / "priming.json").exists()):
+        return False
+    return cfg is None or read_json(path / "priming.json") == json.loads(json.dumps(_priming_settings(cfg)))
+
+
+def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool = True) -> Path:
     """A short SFT on worked examples so the small demo model emits the format GRPO rewards.
 
     R1-Distill learned this format from distillation; SmolLM2-135M never saw it, and without
     priming every completion in a group scores the same, so GRPO's advantages are all zero.
-    Saves the primed model to output_dir/format-priming (GRPO's policy and reference start there).
+    Saves the primed model to output_dir/format-priming (GRPO's policy and reference start there):
+    built in a temporary folder and renamed when complete, so a crash never leaves half a model.
     """
+    output_dir = Path(output_dir)
+    out = output_dir / PRIMING_DIR
+    if priming_complete(out, cfg):
+        if not (output_dir / PRIMING_LOSSES).exists():
+            write_text_atomic(output_dir / PRIMING_LOSSES, (out / PRIMING_LOSSES).read_text())
+        return out
+    if out.exists():
+        why = "incomplete" if not priming_complete(out) else "other-settings"
+        print(f"[openrs_nb] {out} is {why.replace('-', ' ')}: kept as {_set_aside(out, why).name}, priming again")
+    if not allow_training:
+        raise RuntimeError(f"{out} is missing: format priming runs in one process before a multi-process launch "
+                           "(run_experiment does it); run it first")
     from trl import SFTConfig, SFTTrainer
 
     from openrs_nb import data
     from openrs_nb.models import load_policy, load_tokenizer
 
-    out = output_dir / "format-priming"
-    if (out / "config.json").exists():
-        return out
+    for stale in output_dir.glob(f".{PRIMING_DIR}.tmp-*"):  # half-built by a killed run: nothing to keep
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = output_dir / f".{PRIMING_DIR}.tmp-{os.getpid()}"
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     model = load_policy(cfg.model_name_or_path, attn_implementation=cfg.attn_implementation)
     rows = data.make_demo_dataset(cfg.sft_examples, seed=cfg.seed + 1, split="train", levels=cfg.demo_levels)
@@ -217,7 +489,7 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path) -> Path:
         remove_columns=[c for c in rows.column_names if c != "prompt"],
     )
     args = SFTConfig(
-        output_dir=str(out),
+        output_dir=str(tmp),
         max_steps=cfg.sft_steps,
         per_device_train_batch_size=max(1, cfg.sft_examples // cfg.sft_steps),
         learning_rate=cfg.sft_learning_rate,
@@ -233,51 +505,91 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path) -> Path:
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_data, processing_class=tokenizer)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    _append_jsonl(output_dir / "format_priming.jsonl", [{"step": i + 1, "loss": v} for i, v in enumerate(losses)])
-    trainer.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    loss_text = "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses))
+    trainer.model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_text_atomic(tmp / PRIMING_LOSSES, loss_text)
+    write_json_atomic(tmp / "priming.json", _priming_settings(cfg))  # last: marks the folder complete
+    tmp.rename(out)
+    write_text_atomic(output_dir / PRIMING_LOSSES, loss_text)  # whole file: a redo never appends twice
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Training in this process (CPU demo, one GPU, or each process of an accelerate launch)
 # ---------------------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, callbacks=None) -> Path:
+def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, callbacks=None,
+          write_run_file: bool = True) -> Path:
     """Run GRPO for `cfg` and return output_dir; metrics and checkpoints land there as they happen.
-    `callbacks`: extra transformers TrainerCallbacks (e.g. the GPU smoke check's step timer)."""
-    from trl import GRPOTrainer
 
-    from openrs_nb.models import load_tokenizer, resolve_model_path
+    In a launch, every process calls this: the main one takes the output-dir lock and prepares the
+    folder (resume point, logs) while the others wait. `callbacks`: extra transformers
+    TrainerCallbacks (e.g. the GPU smoke check's step timer). `write_run_file`: save run.json (an
+    in-process run); launched processes leave the launcher's run.json alone.
+    """
+    from accelerate import PartialState
 
+    state = PartialState(cpu=cfg.use_cpu)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = _prepare_output_dir(output_dir, resume)
-    (output_dir / RUN_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    with ExitStack() as held:
+        if state.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(output_dir_lock(output_dir))
+            prepare_output_dir(output_dir, resume, state.num_processes)
+            run_json = json.loads(json.dumps(dataclasses.asdict(cfg)))
+            path = output_dir / RUN_FILE
+            if write_run_file and not (path.exists() and read_json(path) == run_json):
+                write_json_atomic(path, run_json)
+        state.wait_for_everyone()
+        ckpt = latest_checkpoint(output_dir, state.num_processes) if resume else None
+        from trl import GRPOTrainer
 
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    # A path, not a loaded model: TRL builds the KL reference from the same path, so after format
-    # priming both policy and reference start from the primed weights.
-    model = str(format_priming(cfg, output_dir)) if cfg.sft_steps else resolve_model_path(cfg.model_name_or_path)
-    dataset = load_train_dataset(cfg, tokenizer)
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
+        from openrs_nb.models import load_tokenizer, resolve_model_path
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
-    writer = MetricsWriter(output_dir)
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs(cfg),
-        args=cfg.to_grpo_config(str(output_dir)),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[writer, *(callbacks or [])],
-    )
-    writer.trainer = trainer
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        # A path, not a loaded model: TRL builds the KL reference from the same path, so after format
+        # priming both policy and reference start from the primed weights.
+        if cfg.sft_steps:
+            with state.main_process_first():
+                model = str(format_priming(cfg, output_dir, allow_training=state.num_processes == 1))
+        else:
+            model = resolve_model_path(cfg.model_name_or_path)
+        dataset = load_train_dataset(cfg, tokenizer)
+        peft_config = None
+        if cfg.lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                     target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+        recorder = CompletionRecorder(cfg.reward_weights, cfg.num_generations, scale=cfg.scale_rewards)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=recorder.wrap(reward_funcs(cfg)),
+            args=cfg.to_grpo_config(str(output_dir)),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[MetricsWriter(output_dir, recorder), ReplicaFingerprint(output_dir), *(callbacks or [])],
+        )
+        if state.is_main_process:
+            write_grpo_config(trainer.args, output_dir / GRPO_CONFIG_FILE)
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     return output_dir
+
+
+def write_grpo_config(args, path: str | Path) -> Path:
+    """The trl.GRPOConfig as TRL YAML: `TrlParser((GRPOConfig,)).parse_args_and_config(["--config", path])`
+    reads it back (as `trl grpo --config` and open-r1's recipes/*.yaml do)."""
+    import yaml
+
+    values = {k: v for k, v in args.to_dict().items() if not (isinstance(v, str) and v.endswith("_TOKEN>"))}
+    # Derived in GRPOConfig.__post_init__ as per-device batch × processes × steps_per_generation; giving
+    # both is an error there, and the process count belongs to the launch, not the file.
+    values.pop("generation_batch_size", None)
+    header = ("# The exact trl.GRPOConfig of this run (openrs_nb.train.write_grpo_config), every field; TRL reads it\n"
+              "# back with TrlParser((GRPOConfig,)).parse_args_and_config(['--config', this_file]).\n"
+              f"# generation_batch_size is derived: {args.generation_batch_size} in this run.\n")
+    return write_text_atomic(path, header + yaml.safe_dump(values, sort_keys=True, allow_unicode=True))
 
 
 def demo_learning_gain(metrics: list[dict], key: str = "reward") -> tuple[float, float]:
@@ -290,154 +602,194 @@ def demo_learning_gain(metrics: list[dict], key: str = "reward") -> tuple[float,
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's multi-GPU launch: a vLLM server on one GPU, accelerate + DeepSpeed ZeRO-2 on the rest
+# The paper's launch: a vLLM server on one GPU, accelerate + DeepSpeed ZeRO-2 on the rest
+# (profile 'rehearsal': the same launch on CPU, 2 processes, plain data parallel, no vLLM)
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class LaunchPlan:
-    """Exact commands and files of a multi-GPU run; `write()` saves them, `run_launch` starts them."""
+    """Exact commands and files of a launch; `write()` saves them, `run_launch` starts them."""
 
     output_dir: Path
     files: dict[str, str] = field(default_factory=dict)
-    """Relative path under output_dir -> file content (accelerate config, run.json)."""
+    """Relative path under output_dir -> file content (accelerate recipe, run.json)."""
     vllm_command: list[str] | None = None
-    """The vLLM server (server mode), or None (colocate mode: vLLM lives inside each training process)."""
+    """The vLLM server (server mode, machine 0), or None (colocate mode, another machine, or no vLLM)."""
     vllm_env: dict[str, str] = field(default_factory=dict)
     train_command: list[str] = field(default_factory=list)
     train_env: dict[str, str] = field(default_factory=dict)
     health_url: str | None = None
+    """Where the vLLM server answers when ready (server mode), or None."""
+    health_timeout: float = 900.0
+    """Seconds to wait for a healthy vLLM server before giving up."""
 
     def shell(self) -> str:
-        """The plan as a shell script a user could run by hand."""
+        """The plan as a shell script a user could run by hand; it stops if the vLLM server dies."""
+        out = shlex.quote(str(self.output_dir))
         lines = ["#!/usr/bin/env bash", "set -euo pipefail", f"cd {shlex.quote(str(Path.cwd()))}"]
         if self.vllm_command:
-            env = " ".join(f"{k}={v}" for k, v in self.vllm_env.items())
-            lines += [f"{env} {shlex.join(self.vllm_command)} > {self.output_dir}/vllm.log 2>&1 &",
-                      "VLLM_PID=$!; trap 'kill $VLLM_PID' EXIT",
-                      f"until curl -sf {self.health_url} >/dev/null; do sleep 5; done"]
-        env = " ".join(f"{k}={v}" for k, v in self.train_env.items())
-        lines.append(f"{env} {shlex.join(self.train_command)}".strip())
+            lines += [f"{_env_prefix(self.vllm_env)}{shlex.join(self.vllm_command)} > {out}/vllm.log 2>&1 &",
+                      "VLLM_PID=$!",
+                      "trap 'kill $VLLM_PID 2>/dev/null || true' EXIT"]
+        if self.health_url:
+            url = shlex.quote(self.health_url)
+            lines += [f"deadline=$((SECONDS + {int(self.health_timeout)}))",
+                      f"until curl -sf {url} > /dev/null; do"]
+            if self.vllm_command:
+                lines.append('  if ! kill -0 "$VLLM_PID" 2>/dev/null; then '
+                             f'echo "launch.sh: the vLLM server exited before it was healthy; see {out}/vllm.log" >&2; '
+                             "exit 1; fi")
+            late = f"no healthy vLLM server at {self.health_url} after {int(self.health_timeout)} s"
+            lines += [f'  if (( SECONDS > deadline )); then echo "launch.sh: {late}" >&2; exit 1; fi',
+                      "  sleep 5", "done"]
+        lines.append(f"{_env_prefix(self.train_env)}{shlex.join(self.train_command)}")
         return "\n".join(lines) + "\n"
 
     def write(self) -> list[Path]:
-        """Write the configs and launch.sh into output_dir; returns the paths."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for rel, text in {**self.files, "launch.sh": self.shell()}.items():
-            p = self.output_dir / rel
-            p.write_text(text)
-            paths.append(p)
-        return paths
+        """Write the files and launch.sh into output_dir (each whole or not at all); returns the paths."""
+        return [write_text_atomic(self.output_dir / rel, text)
+                for rel, text in {**self.files, "launch.sh": self.shell()}.items()]
 
 
-ZERO2_TEMPLATE = """\
-# accelerate + DeepSpeed ZeRO-2 (no offload, bf16): the authors' zero2.yaml.
-compute_environment: LOCAL_MACHINE
-debug: false
-deepspeed_config:
-  deepspeed_multinode_launcher: standard
-  offload_optimizer_device: none
-  offload_param_device: none
-  zero3_init_flag: false
-  zero_stage: 2
-distributed_type: DEEPSPEED
-downcast_bf16: 'no'
-machine_rank: {machine_rank}
-main_process_ip: {main_process_ip}
-main_process_port: {main_process_port}
-main_training_function: main
-mixed_precision: bf16
-num_machines: {num_machines}
-num_processes: {num_processes}
-rdzv_backend: static
-same_network: true
-tpu_env: []
-tpu_use_cluster: false
-tpu_use_sudo: false
-use_cpu: false
-"""
+def _env_prefix(env: dict[str, str]) -> str:
+    return "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
 
 
-def accelerate_config(cfg: ExperimentConfig, machine_rank: int = 0, main_process_ip: str = "127.0.0.1",
-                      main_process_port: int = 29500) -> str:
-    """The ZeRO-2 accelerate config for cfg's process count (recipes/zero2.yaml is the 4-GPU one)."""
-    return ZERO2_TEMPLATE.format(machine_rank=machine_rank, main_process_ip=main_process_ip,
-                                 main_process_port=main_process_port, num_machines=cfg.num_machines,
-                                 num_processes=cfg.train_processes)
+def recipe_path(name: str) -> Path:
+    """A checked-in accelerate recipe (recipes/accelerate_configs/<name>.yaml, as in the authors' repository)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    path = project_path(RECIPES[name])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: launches read the accelerate recipes of a source checkout "
+                                "of this project (git clone, then pip install -e .)")
+    return path
+
+
+def _check_launch_args(cfg: ExperimentConfig, machine_rank, main_process_ip, main_process_port) -> str:
+    """Validate the multi-machine arguments; returns the main process address."""
+    import ipaddress
+    import re
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(machine_rank) or not 0 <= machine_rank < cfg.num_machines:
+        raise ValueError(f"machine_rank={machine_rank!r} is not valid for num_machines={cfg.num_machines}; choose one "
+                         f"of {list(range(cfg.num_machines))} (0 is the machine that runs vLLM and process 0)")
+    if not is_int(main_process_port) or not 0 < main_process_port < 65536:
+        raise ValueError(f"main_process_port={main_process_port!r} must be a TCP port, 1-65535")
+    if main_process_ip is None:
+        if cfg.num_machines > 1:
+            raise ValueError(f"num_machines={cfg.num_machines} needs main_process_ip: the address of machine 0 "
+                             "(machine_rank 0) that every machine can reach")
+        return "127.0.0.1"
+    if not isinstance(main_process_ip, str) or not re.fullmatch(r"[A-Za-z0-9]([\w.:-]*[A-Za-z0-9])?", main_process_ip):
+        raise ValueError(f"main_process_ip={main_process_ip!r} is not an IP address or host name")
+    try:
+        loopback = ipaddress.ip_address(main_process_ip).is_loopback
+    except ValueError:
+        loopback = main_process_ip == "localhost"
+    if loopback and cfg.num_machines > 1:
+        raise ValueError(f"main_process_ip={main_process_ip!r} is this machine's loopback address, which the other "
+                         f"{cfg.num_machines - 1} machine(s) cannot reach: give machine 0's network address")
+    return main_process_ip
 
 
 def launch_plan(cfg: ExperimentConfig, output_dir: str | Path, *, vllm_port: int = 8000, machine_rank: int = 0,
-                main_process_ip: str = "127.0.0.1") -> LaunchPlan:
-    """Commands for the paper profile: server mode puts vLLM on the last GPU of machine 0 and trains
-    on the others; colocate mode trains and generates on every GPU."""
-    if cfg.use_cpu or not cfg.use_vllm:
-        raise ValueError("launch_plan is for GPU runs with vLLM (the paper profile); the demo trains in-process")
+                main_process_ip: str | None = None, main_process_port: int = 29500) -> LaunchPlan:
+    """Commands of this machine's part of the launch.
+
+    paper: server mode puts vLLM on the last GPU of machine 0 and trains on the other GPUs (colocate mode:
+    on every GPU), with the authors' DeepSpeed ZeRO-2 recipe. rehearsal: cfg.train_processes CPU processes
+    with the authors' plain data-parallel recipe (gloo), no vLLM. The recipe file is copied into output_dir
+    unchanged; this run's values are `accelerate launch` flags, which override the file.
+    """
+    if cfg.profile == "demo" or (cfg.profile != "rehearsal" and (cfg.use_cpu or not cfg.use_vllm)):
+        raise ValueError("launch_plan is for GPU runs with vLLM (the paper profile) and their CPU rehearsal "
+                         "(profile 'rehearsal'); the demo trains in-process")
+    host = _check_launch_args(cfg, machine_rank, main_process_ip, main_process_port)
     output_dir = Path(output_dir)
-    gpus = list(range(cfg.num_gpus))
-    server = cfg.vllm_mode == "server"
-    train_gpus = gpus[:-1] if server else gpus
-    host = main_process_ip if cfg.num_machines > 1 else "127.0.0.1"
+    rehearsal = cfg.use_cpu
+    server = cfg.use_vllm and cfg.vllm_mode == "server"
     run_cfg = dataclasses.replace(cfg, vllm_server_base_url=f"http://{host}:{vllm_port}" if server else None)
+    recipe = recipe_path("ddp" if rehearsal else "zero2")
+    acc_file = f"accelerate_{recipe.stem}.yaml"
     plan = LaunchPlan(output_dir=output_dir)
-    plan.files["accelerate_zero2.yaml"] = accelerate_config(cfg, machine_rank, main_process_ip)
+    plan.files[acc_file] = recipe.read_text()
     plan.files[RUN_FILE] = json.dumps(dataclasses.asdict(run_cfg), indent=1)
     if server:
-        plan.vllm_command = [
-            "trl", "vllm-serve", "--model", cfg.model_name_or_path, "--port", str(vllm_port),
-            "--gpu_memory_utilization", str(cfg.vllm_gpu_memory_utilization),
-            "--max_model_len", str(cfg.vllm_max_model_length), "--enforce_eager", "true",
-        ]
-        plan.vllm_env = {"CUDA_VISIBLE_DEVICES": str(gpus[-1])}
+        gpus = list(range(cfg.num_gpus))
+        if machine_rank == 0:
+            plan.vllm_command = [
+                "trl", "vllm-serve", "--model", cfg.model_name_or_path, "--port", str(vllm_port),
+                "--gpu_memory_utilization", str(cfg.vllm_gpu_memory_utilization),
+                "--max_model_len", str(cfg.vllm_max_model_length), "--enforce_eager", "true",
+            ]
+            plan.vllm_env = {"CUDA_VISIBLE_DEVICES": str(gpus[-1])}
         plan.health_url = f"http://{host}:{vllm_port}/health"
+        train_gpus = gpus[:-1]
+    else:
+        train_gpus = list(range(cfg.num_gpus))
     plan.train_command = [
-        "accelerate", "launch", "--config_file", str(output_dir / "accelerate_zero2.yaml"),
+        "accelerate", "launch", "--config_file", str(output_dir / acc_file),
+        "--num_processes", str(cfg.train_processes), "--num_machines", str(cfg.num_machines),
+        "--machine_rank", str(machine_rank), "--main_process_ip", host, "--main_process_port", str(main_process_port),
+        "--mixed_precision", "bf16" if cfg.bf16 else "no",
         "-m", "openrs_nb.train", "--config", str(output_dir / RUN_FILE), "--output_dir", str(output_dir),
     ]
-    plan.train_env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, train_gpus))}
+    # The rehearsal hides any GPU: each process trains on CPU (TrainingArguments.use_cpu → gloo).
+    plan.train_env = {"CUDA_VISIBLE_DEVICES": "" if rehearsal else ",".join(map(str, train_gpus))}
     return plan
 
 
-def run_launch(plan: LaunchPlan, resume: bool = False, health_timeout: float = 900.0) -> int:
+def run_launch(plan: LaunchPlan, resume: bool = False, health_timeout: float | None = None) -> int:
     """Start the plan: vLLM server first (wait until healthy), then training; stream logs here.
-    Ctrl-C / interrupting the notebook stops both cleanly. Returns the training exit code."""
+
+    Refuses, before writing anything, an output_dir in use by another training or one whose state does
+    not fit `resume`. Ctrl-C / interrupting the notebook stops every process. Returns the training exit code.
+    """
     import urllib.request
 
+    _check_unlocked(plan.output_dir)
+    check_output_dir(plan.output_dir, resume)
     plan.write()
+    timeout = plan.health_timeout if health_timeout is None else health_timeout
     procs: list[subprocess.Popen] = []
+    # `trl` and `accelerate` are found beside this interpreter even when its venv is not activated
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
-    def start(cmd, env, log_name):
-        log = open(plan.output_dir / log_name, "a")
-        # `trl` and `accelerate` are found beside this interpreter even when its venv is not activated
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        p = subprocess.Popen(cmd, env={**os.environ, "PATH": path, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    def start(cmd, env, log):
+        p = subprocess.Popen(cmd, env={**os.environ, "PATH": path, **env}, stdout=log, stderr=subprocess.STDOUT,
                              text=True, bufsize=1, start_new_session=True)
         procs.append(p)
-        return p, log
-
-    def stream(p, log, until=None):
-        for line in p.stdout:
-            print(line, end="")
-            log.write(line)
-            if until and until():
-                return
+        return p
 
     try:
-        if plan.vllm_command:
-            server, slog = start(plan.vllm_command, plan.vllm_env, "vllm.log")
-            deadline = time.time() + health_timeout
+        if plan.vllm_command:  # its output goes straight to vllm.log: a pipe nobody reads would fill and block it
+            with open(plan.output_dir / "vllm.log", "a") as vlog:
+                server = start(plan.vllm_command, plan.vllm_env, vlog)
+        if plan.health_url:
+            deadline = time.time() + timeout
             while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"the vLLM server exited with code {server.returncode}; see vllm.log")
+                if plan.vllm_command and server.poll() is not None:
+                    tail = (plan.output_dir / "vllm.log").read_text(errors="replace").splitlines()[-20:]
+                    raise RuntimeError(f"the vLLM server exited with code {server.returncode} before it was healthy; "
+                                       f"{plan.output_dir / 'vllm.log'} ends with:\n" + "\n".join(tail))
                 try:
                     urllib.request.urlopen(plan.health_url, timeout=2)
                     print(f"[openrs_nb] vLLM server healthy at {plan.health_url}")
                     break
                 except OSError:
                     if time.time() > deadline:
-                        raise TimeoutError(f"vLLM server not healthy after {health_timeout:.0f}s; see vllm.log")
-                    time.sleep(5)
+                        raise TimeoutError(f"no healthy vLLM server at {plan.health_url} after {timeout:.0f} s; "
+                                           "see vllm.log") from None
+                    time.sleep(min(5.0, max(0.1, timeout / 10)))
         cmd = plan.train_command + (["--resume"] if resume else [])
-        trainer, tlog = start(cmd, plan.train_env, "train.log")
-        stream(trainer, tlog)
+        trainer = start(cmd, plan.train_env, subprocess.PIPE)
+        with open(plan.output_dir / "train.log", "a") as tlog:
+            for line in trainer.stdout:
+                print(line, end="")
+                tlog.write(line)
         return trainer.wait()
     finally:
         for p in reversed(procs):
@@ -447,6 +799,45 @@ def run_launch(plan: LaunchPlan, resume: bool = False, health_timeout: float = 9
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
+
+
+def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, dry_run: bool = False, *,
+                   machine_rank: int = 0, main_process_ip: str | None = None, main_process_port: int = 29500,
+                   vllm_port: int = 8000) -> Path:
+    """Train `cfg` into output_dir the way its profile says; what notebook 04 calls.
+
+    demo: `train` in this process. paper and rehearsal: `launch_plan` + `run_launch` (each process runs
+    `train`); `dry_run` writes and prints the plan and starts nothing. Raises RuntimeError when the
+    launched training fails; a finished or killed run can be continued with resume=True.
+    """
+    output_dir = Path(output_dir)
+    if cfg.profile == "demo":
+        if dry_run:
+            check_output_dir(output_dir, resume)
+            print("[openrs_nb] dry run: the demo trains in this process; nothing to write or start")
+            return output_dir
+        return train(cfg, output_dir, resume=resume)
+    plan = launch_plan(cfg, output_dir, vllm_port=vllm_port, machine_rank=machine_rank,
+                       main_process_ip=main_process_ip, main_process_port=main_process_port)
+    print(plan.shell())
+    _check_unlocked(output_dir)
+    check_output_dir(output_dir, resume)
+    if dry_run:
+        print("[openrs_nb] dry run: wrote", ", ".join(str(p) for p in plan.write()))
+        return output_dir
+    if cfg.use_cpu:  # rehearsal: the demo model is converted once here, not by each process at the same time
+        from openrs_nb.models import resolve_model_path
+
+        resolve_model_path(cfg.model_name_or_path)
+    if cfg.sft_steps and machine_rank == 0:  # priming is one process's job; the launch then finds it done
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with output_dir_lock(output_dir):
+            format_priming(cfg, output_dir)
+    returncode = run_launch(plan, resume=resume)
+    if returncode != 0:
+        raise RuntimeError(f"training exited with code {returncode}; see {output_dir / 'train.log'}. "
+                           "Continue it with resume=True once the cause is fixed.")
+    return output_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,17 +859,20 @@ def overrides_from_namespace(namespace: dict, injected: set[str], notebook_param
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of each process of an accelerate launch: `python -m openrs_nb.train --config run.json`."""
+    """Entry point of each process of a launch: `python -m openrs_nb.train --config run.json --output_dir DIR`."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--config", required=True, help="run.json written by launch_plan")
+    ap.add_argument("--config", required=True, help="run.json written by launch_plan (read, never rewritten)")
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
-    values = json.loads(Path(args.config).read_text())
+    values = read_json(args.config)
     cfg = load_experiment(values.pop("exp"), values.pop("profile"), **values)
-    train(cfg, args.output_dir, resume=args.resume)
+    train(cfg, args.output_dir, resume=args.resume, write_run_file=False)
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
 
 
 if __name__ == "__main__":
