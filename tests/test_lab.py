@@ -13,8 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-websocket = pytest.importorskip("websocket", reason="websocket-client comes with jupyter_server ([lab] extra)")
+import websocket  # websocket-client, a dependency of jupyter_server (the [lab] extra)
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_S = 45
