@@ -340,7 +340,7 @@ def run_worker(cfg: SmokeConfig, output_dir: str | Path) -> Path:
 
 def read_step_rows(output_dir: str | Path) -> list[dict]:
     """All processes' step rows of a run."""
-    from openrs_nb.train import read_jsonl
+    from openrs_nb.files import read_jsonl
 
     return [r for p in sorted(Path(output_dir).glob(STEPS_FILE.format(rank="*"))) for r in read_jsonl(p)]
 
