@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from openrs_nb.files import iter_jsonl, read_jsonl  # noqa: F401 (re-exported)
+from openrs_nb.files import iter_jsonl, read_json, read_jsonl  # noqa: F401 (re-exported)
 from openrs_nb.rewards import NOTATION_SCRIPTS, completion_text, main_script, script_counts  # noqa: F401 (re-exported)
 
 METRICS_FILE = "metrics.jsonl"
@@ -131,8 +131,8 @@ def load_run(path: str | Path, label: str | None = None) -> TrainingRun:
     if not (path / METRICS_FILE).is_file():
         raise FileNotFoundError(f"{path / METRICS_FILE} not found: this is not a training output dir "
                                 "(notebooks/04_train.ipynb writes one)")
-    config = json.loads((path / RUN_FILE).read_text()) if (path / RUN_FILE).is_file() else {}
-    summary = json.loads((path / SUMMARY_FILE).read_text()) if (path / SUMMARY_FILE).is_file() else {}
+    config = read_json(path / RUN_FILE) if (path / RUN_FILE).is_file() else {}
+    summary = read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
     return TrainingRun(path=path, label=label or run_label(config, path), config=config,
                        metrics=read_metrics(path), summary=summary)
 
