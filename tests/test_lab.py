@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -65,7 +66,8 @@ def test_make_lab_serves_the_notebooks_and_runs_a_cell(tmp_path):
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
-    lab_args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token}"
+    # port_retries=0: if another process took the port meanwhile, fail instead of serving on the next one.
+    lab_args = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.port_retries=0 --IdentityProvider.token={token}"
     # -o: take the installed venv as up to date; PY: the interpreter running this test (the venv's).
     cmd = ["make", "-s", "-o", ".venv/.installed", "lab", f"PY={sys.executable}", f"LAB_ARGS={lab_args}"]
     log = tmp_path / "lab.log"
@@ -79,6 +81,8 @@ def test_make_lab_serves_the_notebooks_and_runs_a_cell(tmp_path):
             try:
                 _api(base, token, "/api/status")
                 break
+            except urllib.error.HTTPError:
+                raise  # a server answered, and refused: not ours, or the token did not reach it
             except OSError:
                 assert time.monotonic() < deadline, f"no server after {STARTUP_S} s:\n{log.read_text()[-3000:]}"
                 time.sleep(0.5)
