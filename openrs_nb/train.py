@@ -512,6 +512,12 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool
     write_json_atomic(tmp / "priming.json", _priming_settings(cfg))  # last: marks the folder complete
     tmp.rename(out)
     write_text_atomic(output_dir / PRIMING_LOSSES, loss_text)  # whole file: a redo never appends twice
+    # Memory: the SFT trainer, its model, gradients and AdamW state (~2 GB for the demo) sit in reference
+    # cycles; free them before GRPO loads its policy and reference (benchmarks/bench_demo_memory.py).
+    del trainer, model
+    from openrs_nb.cpu import release_memory
+
+    release_memory()
     return out
 
 
@@ -542,8 +548,6 @@ def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, c
                 write_json_atomic(path, run_json)
         state.wait_for_everyone()
         ckpt = latest_checkpoint(output_dir, state.num_processes) if resume else None
-        from trl import GRPOTrainer
-
         from openrs_nb.models import load_tokenizer, resolve_model_path
 
         tokenizer = load_tokenizer(cfg.model_name_or_path)
@@ -562,7 +566,7 @@ def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, c
             peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
         recorder = CompletionRecorder(cfg.reward_weights, cfg.num_generations, scale=cfg.scale_rewards)
-        trainer = GRPOTrainer(
+        trainer = _grpo_trainer_class()(
             model=model,
             reward_funcs=recorder.wrap(reward_funcs(cfg)),
             args=cfg.to_grpo_config(str(output_dir)),
@@ -575,6 +579,29 @@ def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, c
             write_grpo_config(trainer.args, output_dir / GRPO_CONFIG_FILE)
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     return output_dir
+
+
+def _grpo_trainer_class():
+    """trl.GRPOTrainer, able to resume a multi-process CPU run (the rehearsal).
+
+    transformers 5.17 `Trainer._load_optimizer_and_scheduler` loads optimizer.pt with
+    `map_location=args.device` when world_size > 1; on CPU processes that device is `cpu:0`, which
+    torch.load rejects ("don't know how to restore data location ... (tagged with cpu:0)"). Found by
+    killing and resuming the rehearsal; GPU runs (`cuda:<i>`) and one-process runs are unaffected.
+    """
+    import torch
+    from trl import GRPOTrainer
+
+    class Trainer(GRPOTrainer):
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is None or self.args.world_size == 1 or self.args.device.type != "cpu":
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            self.optimizer.load_state_dict(torch.load(Path(checkpoint) / "optimizer.pt", map_location="cpu",
+                                                      weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / "scheduler.pt", weights_only=True))
+
+    Trainer.__name__ = Trainer.__qualname__ = "GRPOTrainer"
+    return Trainer
 
 
 def write_grpo_config(args, path: str | Path) -> Path:
@@ -703,6 +730,8 @@ def launch_plan(cfg: ExperimentConfig, output_dir: str | Path, *, vllm_port: int
     on every GPU), with the authors' DeepSpeed ZeRO-2 recipe. rehearsal: cfg.train_processes CPU processes
     with the authors' plain data-parallel recipe (gloo), no vLLM. The recipe file is copied into output_dir
     unchanged; this run's values are `accelerate launch` flags, which override the file.
+    Several machines: run the plan on each with its machine_rank; output_dir must be on a filesystem they
+    share (process 0 saves weights and optimizer, every process its RNG state).
     """
     if cfg.profile == "demo" or (cfg.profile != "rehearsal" and (cfg.use_cpu or not cfg.use_vllm)):
         raise ValueError("launch_plan is for GPU runs with vLLM (the paper profile) and their CPU rehearsal "

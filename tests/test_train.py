@@ -380,7 +380,7 @@ def test_priming_target_matches_the_format_the_reward_checks():
 @pytest.mark.slow
 def test_two_grpo_steps_on_the_demo_model_write_metrics_and_checkpoints(tmp_path):
     cfg = load_experiment(3, "demo", max_steps=2, save_steps=1, sft_steps=1, sft_examples=8,
-                          max_completion_length=16, dataset_size=16)
+                          max_completion_length=16, dataset_size=16, log_completions=True)
     train.train(cfg, tmp_path)
     rows = train.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
@@ -392,6 +392,18 @@ def test_two_grpo_steps_on_the_demo_model_write_metrics_and_checkpoints(tmp_path
     assert len(completions) == 2 * cfg.per_device_train_batch_size
     assert set(completions[0]["rewards"]) == {"format_reward", "cosine_reward"}
     assert json.loads((tmp_path / "run.json").read_text())["exp"] == 3
+    # completions.jsonl (recorded through the reward functions) matches the table TRL itself writes with
+    # log_completions: same completions, rewards and advantages (TRL computes those from the gathered rewards).
+    import pandas as pd
+
+    for step in (1, 2):
+        table = pd.read_parquet(tmp_path / "completions" / f"completions_{step:05d}.parquet")
+        ours = [c for c in completions if c["step"] == step]
+        assert [train._plain(list(c)) for c in table["completion"]] == [c["completion"] for c in ours]
+        assert list(table["advantage"]) == pytest.approx([c["advantage"] for c in ours], rel=1e-5, abs=1e-6)
+        for name in ("format_reward", "cosine_reward"):
+            assert list(table[name]) == pytest.approx([c["rewards"][name] for c in ours], rel=1e-6)
+    assert train.read_json(tmp_path / "summary.json")["train_runtime"] > 0
 
     # Resume one more step from checkpoint-2: the metrics file continues.
     more = load_experiment(3, "demo", max_steps=3, save_steps=1, sft_steps=1, sft_examples=8,
