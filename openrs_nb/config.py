@@ -163,7 +163,7 @@ TABLE5_DEVIATIONS: dict[str, Deviation] = {
                "trl 1.16.0 grpo_trainer.py `_prepare_inputs`",
         effect="same per-token terms, different weights: a group's weight now grows with its completions' "
                "length relative to the others in its micro-batch (the authors' run gave each group equal "
-               "weight); expected to be small, not measured here",
+               "weight); the size of the effect is not measured here",
     ),
     "attention kernel": Deviation(
         authors="`attn_implementation: flash_attention_2`",
@@ -193,10 +193,11 @@ TABLE5_DEVIATIONS: dict[str, Deviation] = {
     ),
     "unparseable gold": Deviation(
         authors="accuracy and cosine rewards return 1.0 when the gold answer does not parse",
-        here="0.0, counted and logged as rewards/<name>/unparseable_gold",
+        here="0.0, counted and logged (rewards/accuracy_reward/unparseable_gold, rewards/cosine_reward/…)",
         source="knoveleng/open-rs @2889c47 src/open_r1/rewards.py `accuracy_reward`, `get_cosine_scaled_reward`",
-        effect="none on the gradient (every completion of that prompt gets the same reward either way, so "
-               "its advantages are 0); their logged reward and accuracy curves are higher",
+        effect="none on the gradient: either way that reward is one constant for every completion of the "
+               "prompt, and a constant shared by a group cancels out of its advantages (Eq. 3); their logged "
+               "reward and accuracy curves come out higher",
     ),
     "graded answer": Deviation(
         authors="math-verify 0.5.2 `parse(..., extraction_mode=\"first_match\")` with boxed_match_priority=0 "
