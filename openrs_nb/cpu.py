@@ -1,0 +1,119 @@
+"""What this CPU can do: cores this process may really use, and whether bf16 matrix math is fast.
+
+On a shared host (Binder, CI, a container) `os.cpu_count()` is the host's core count; the cores this
+process may run on come from its affinity mask and its cgroup's CPU quota.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+
+# x86 flags of the instructions that make bf16 matmuls faster than fp32 (oneDNN uses them);
+# aarch64 calls its bf16 dot products "bf16".
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def has_fast_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (avx512_bf16, AMX, or aarch64 bf16).
+
+    Without them torch emulates bf16 matmuls through fp32 and they run no faster (often slower)
+    than fp32, so the demo then trains in fp32.
+    """
+    return platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64") and bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def _own_cgroup_dirs(controller: str) -> list[Path]:
+    """The cgroup folders of this process for `controller` (v1) or the unified hierarchy (v2)."""
+    dirs = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return dirs
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            dirs.append(Path("/sys/fs/cgroup") / rel.lstrip("/"))
+        elif controller in controllers.split(","):
+            base = Path("/sys/fs/cgroup") / controllers
+            if not base.exists():
+                base = Path("/sys/fs/cgroup") / controller
+            dirs.append(base / rel.lstrip("/"))
+    return dirs
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by this process's cgroup quota (e.g. 1.5), or None when unlimited or unknown."""
+    for d in _own_cgroup_dirs("cpu"):
+        try:
+            if (d / "cpu.max").exists():  # v2: "<quota> <period>" or "max <period>"
+                quota, period = (d / "cpu.max").read_text().split()
+                if quota != "max":
+                    return int(quota) / int(period)
+            elif (d / "cpu.cfs_quota_us").exists():  # v1
+                quota = int((d / "cpu.cfs_quota_us").read_text())
+                period = int((d / "cpu.cfs_period_us").read_text())
+                if quota > 0:
+                    return quota / period
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: its affinity mask, capped by its cgroup's CPU quota (at least 1)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def release_memory() -> None:
+    """Free what Python no longer references and give glibc's free heap pages back to the system.
+
+    Trainers hold reference cycles (callbacks, patched forwards), so a model dropped with its trainer
+    lives until the cyclic garbage collector runs; glibc then keeps the freed blocks in its heap
+    unless asked to trim it.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator decides
+        pass
+
+
+# Vocabulary width of TRL's log-prob tiles on CPU. TRL 1.16 scores per-token log-probs without the full
+# logits, in [tokens, 32768] fp32 tiles; without Triton (CPU) it folds each tile with torch ops that make
+# several temporaries of the tile's size. Measured at the demo's shape (1,760 tokens, vocab 49,152, fp32
+# forward + backward): 2,495 MiB peak at TRL's 32,768, 686 MiB at 4,096, identical log-probs.
+TRL_CPU_TILE = 4096
+
+
+def narrow_trl_logprob_tiles(width: int = TRL_CPU_TILE) -> None:
+    """Make TRL's CPU log-prob tiles `width` vocabulary entries wide (a private TRL 1.16 constant; no-op if gone)."""
+    import trl.trainer.utils as trl_utils
+
+    if isinstance(getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None), int):
+        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, width)
