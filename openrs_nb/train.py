@@ -565,6 +565,10 @@ def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, c
 
             peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+        if cfg.use_cpu:  # memory: TRL's CPU log-prob tiles 8x narrower (see openrs_nb.cpu.TRL_CPU_TILE)
+            from openrs_nb.cpu import narrow_trl_logprob_tiles
+
+            narrow_trl_logprob_tiles()
         recorder = CompletionRecorder(cfg.reward_weights, cfg.num_generations, scale=cfg.scale_rewards)
         trainer = _grpo_trainer_class()(
             model=model,
