@@ -11,7 +11,7 @@ RUN_DIR ?= runs/demo
 # CPU-only torch: use PyTorch's CPU index when it is reachable (elsewhere a local CPU wheel must be found).
 TORCH_INDEX := $(shell curl -s -m 5 -o /dev/null -w '%{http_code}' https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null | grep -q 200 && echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test lab gpu-smoke clean-runs strip-notebooks lint
+.PHONY: demo experiments test lab gpu-smoke clean-runs strip-notebooks lint
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "openrs_nb needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -35,6 +35,30 @@ demo: $(STAMP)
 	done
 	@echo; echo "Done. Executed notebooks: $(RUN_DIR)/*.ipynb   figures: $(RUN_DIR)/figures/*.png"
 	@echo "Training run: $(RUN_DIR)/train (metrics.jsonl, checkpoints)   evaluation: $(RUN_DIR)/eval"
+
+## make experiments: the paper's three experiments in miniature on CPU (exp 1 hard problems, exp 2 the 3:3:1 mix and a
+## shorter budget, exp 3 + the cosine reward): measure the solve rates, then 04 and 05 (every checkpoint) per experiment,
+## then 06 on all three side by side. Outputs in runs/experiments/ (exp<N>/train, exp<N>/eval, figures/).
+EXP_DIR ?= runs/experiments
+EXP_EVAL ?= -p n_problems 30 -p n_samples 4 -y "demo_levels: [1, 2, 3, 4, 5]"
+experiments: $(STAMP)
+	@if [ -e $(EXP_DIR) ]; then old=$(EXP_DIR).$$(date +%Y%m%d-%H%M%S); mv $(EXP_DIR) $$old; echo "kept the previous experiments as $$old"; fi
+	@mkdir -p $(EXP_DIR)
+	$(PY) -m openrs_nb.experiments measure --out $(EXP_DIR)
+	@set -e; for e in 1 2 3; do \
+		d=$(CURDIR)/$(EXP_DIR)/exp$$e; \
+		echo "=== experiment $$e: 04_train"; \
+		$(PY) -m papermill --cwd notebooks --progress-bar notebooks/04_train.ipynb $$d/04_train.ipynb \
+			-p exp $$e -p profile demo -p run_dir $$d; \
+		echo "=== experiment $$e: 05_evaluate (the primed start and every checkpoint)"; \
+		$(PY) -m papermill --cwd notebooks --progress-bar notebooks/05_evaluate.ipynb $$d/05_evaluate.ipynb \
+			-p run_dir $$d -p baseline $$d/train/format-priming -p system_prompt train $(EXP_EVAL); \
+	done
+	$(PY) -m papermill --cwd notebooks --progress-bar notebooks/06_results.ipynb $(EXP_DIR)/06_results.ipynb \
+		-p run_dir $(CURDIR)/$(EXP_DIR) \
+		-y "{runs: [$(CURDIR)/$(EXP_DIR)/exp1/train, $(CURDIR)/$(EXP_DIR)/exp2/train, $(CURDIR)/$(EXP_DIR)/exp3/train], \
+		     eval_dir: [$(CURDIR)/$(EXP_DIR)/exp1/eval, $(CURDIR)/$(EXP_DIR)/exp2/eval, $(CURDIR)/$(EXP_DIR)/exp3/eval]}"
+	@echo; echo "Done. 06 side by side: $(EXP_DIR)/06_results.ipynb   figures: $(EXP_DIR)/figures/06_*.png"
 
 ## make test: unit tests + every notebook under nbval in its quick (smoke) setting
 test: $(STAMP)

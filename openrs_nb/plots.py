@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +74,15 @@ TRAINING_PANELS: dict[str, tuple[str, str]] = {
     "completions/mean_length": ("completion length", "mean length (tokens)"),
     "kl": ("KL to the reference model", "KL (nats per token)"),
 }
+# Further panels 06 draws for the experiments side by side (Figures 3–5 analogues).
+EXTRA_PANELS: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy (graded from completions.jsonl)", "share of completions correct"),
+    "completions/clipped_ratio": ("clipped at the completion budget", "share of completions truncated"),
+    "frac_reward_zero_std": ("groups with zero reward variance", "share of groups (teach nothing)"),
+    "reward_std": ("reward std within the step", "std of the total reward"),
+}
+BANDS: dict[str, tuple[str, str]] = {"completions/mean_length": ("completions/min_length", "completions/max_length")}
+"""Panels drawn with a shaded band: key -> (lower key, upper key), e.g. the length's min–max spread."""
 
 COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 """Okabe–Ito colours: distinguishable with colour-blindness, on the white figure background."""
@@ -215,13 +224,15 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
 
 
 def plot_training_curves(runs: list[TrainingRun], keys: Iterable[str] | None = None, smooth_window: int = 1,
-                         ncols: int = 3):
+                         ncols: int = 3, bands: dict[str, tuple[str, str]] | None = None):
     """Figures 3–5 analogue: one panel per metric, the runs overlaid, raw (faint) and smoothed.
 
     `keys` defaults to the TRAINING_PANELS keys that at least one run logged; a panel whose key a
-    run lacks (e.g. `kl` with beta = 0) simply has no line for that run.
+    run lacks (e.g. `kl` with beta = 0) simply has no line for that run. `bands` (default BANDS):
+    panels that also shade the range between two other logged keys (the completion length's min–max).
     Returns (figure, keys plotted, keys not logged by any run).
     """
+    bands = BANDS if bands is None else bands
     if not runs:
         raise ValueError("no runs to plot: pass at least one TrainingRun (see load_run)")
     have = logged_keys(runs)
@@ -235,16 +246,23 @@ def plot_training_curves(runs: list[TrainingRun], keys: Iterable[str] | None = N
     fig, axes = _new_figure(nrows, ncols, 4.6 * ncols, 3.4 * nrows)
     handles = {}
     for ax, key in zip(axes.flat, plotted):
-        title, ylabel = TRAINING_PANELS.get(key, (key, key))
+        title, ylabel = {**TRAINING_PANELS, **EXTRA_PANELS}.get(key, (key, key))
+        banded = False
         for color, run in zip(_cycle(COLORS), runs):  # one colour per run in every panel
             steps, values = metric_series(run.metrics, key)
             if steps.size == 0:
                 continue
+            if key in bands:
+                lo_steps, lo = metric_series(run.metrics, bands[key][0])
+                hi_steps, hi = metric_series(run.metrics, bands[key][1])
+                if lo.size and np.array_equal(lo_steps, hi_steps):
+                    ax.fill_between(lo_steps, lo, hi, color=color, alpha=0.12, lw=0)
+                    banded = True
             if smooth_window > 1:
                 ax.plot(steps, values, color=color, alpha=0.25, lw=1)
             (handles[run.label],) = ax.plot(steps, smooth(values, smooth_window), color=color, lw=1.8,
                                             label=run.label, marker="o" if steps.size < 15 else None, ms=3)
-        ax.set_title(title)
+        ax.set_title(title + (" (band: min–max)" if banded else ""))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         _integer_steps(ax)
@@ -273,6 +291,13 @@ def checkpoint_run(model: str) -> str:
     """The run a model name belongs to: '.../train/checkpoint-50' -> '.../train'; other names unchanged."""
     m = re.fullmatch(r"(.+)[/\\]checkpoint-\d+[/\\]?", str(model))
     return m.group(1) if m else str(model)
+
+
+def baseline_run(model: str) -> str | None:
+    """The training run whose starting point a model is: '.../train/format-priming' (the demo's primed
+    start, 04_train) -> '.../train'; None for any other model."""
+    m = re.fullmatch(r"(.+)[/\\]format-priming[/\\]?", str(model))
+    return m.group(1) if m else None
 
 
 def short_name(model: Any) -> str:
@@ -315,6 +340,7 @@ def plot_accuracy_vs_step(results: list[dict], benchmarks: Iterable[str] | None 
         ax.set_visible(False)
     for ax, bench in zip(axes.flat, names):
         runs = sorted({checkpoint_run(r["model"]) for r in ckpt if r["benchmark"] == bench})
+        colors = dict(zip(runs, _cycle(COLORS)))
         for color, run in zip(_cycle(COLORS), runs):
             rows = sorted((r for r in ckpt if r["benchmark"] == bench and checkpoint_run(r["model"]) == run),
                           key=lambda r: r["step"])
@@ -324,8 +350,10 @@ def plot_accuracy_vs_step(results: list[dict], benchmarks: Iterable[str] | None 
             ax.errorbar(x, y, yerr=[y - 100 * np.array(lo), 100 * np.array(hi) - y], color=color, marker="o",
                         capsize=3, lw=1.6, label=f"checkpoints of {short_name(run)}")
         for r in (r for r in base if r["benchmark"] == bench):
-            ax.axhline(100 * r["pass@1"], color="#C00000", ls="--", lw=1.4,
-                       label=f"before training ({short_name(r['model'])}): {100 * r['pass@1']:.1f}%")
+            own = baseline_run(r["model"])  # a run's own primed start: dashed in the run's colour
+            ax.axhline(100 * r["pass@1"], color=colors.get(own, "#C00000"), ls="--", lw=1.4,
+                       label=f"start of {short_name(own)} (primed): {100 * r['pass@1']:.1f}%" if own in colors
+                       else f"before training ({short_name(r['model'])}): {100 * r['pass@1']:.1f}%")
         ax.set_title(EVAL_NAMES.get(bench, bench))
         ax.set_xlabel("training step of the checkpoint")
         ax.set_ylabel("pass@1 (%)")
@@ -347,10 +375,12 @@ def _interval(row: dict) -> tuple[float, float]:
 
 
 def binomial_se(p: float, n: int) -> float:
-    """Standard error of an accuracy p measured with one sample on each of n problems: sqrt(p(1-p)/n)."""
-    if not 0 <= p <= 1 or n < 1:
-        raise ValueError(f"need 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
-    return math.sqrt(p * (1 - p) / n)
+    """Standard error of an accuracy p measured with one sample on each of n problems, in the N − 1
+    convention used everywhere here (openrs_nb.evaluate.standard_error): sqrt(p(1-p)/(n-1)), which is
+    s/sqrt(n) with s the sample standard deviation of the n 0/1 outcomes."""
+    if not 0 <= p <= 1 or n < 2:
+        raise ValueError(f"need 0 <= p <= 1 and n >= 2, got p={p}, n={n}")
+    return math.sqrt(p * (1 - p) / (n - 1))
 
 
 def paper_table1_with_se(models: Iterable[str] = (PAPER_BASE, *PAPER_OURS)) -> list[dict]:
@@ -371,9 +401,14 @@ def paper_table1_with_se(models: Iterable[str] = (PAPER_BASE, *PAPER_OURS)) -> l
     return out
 
 
-def paper_gains_vs_base(z_threshold: float = 1.96) -> list[dict]:
-    """Each Open-RS score minus the base model's, with the gain's SE (one sample per problem, unpaired)
-    and whether it clears `z_threshold` standard errors."""
+def paper_gains_vs_base(z_threshold: float = 1.96, base_se: bool = True) -> list[dict]:
+    """Each Open-RS score minus the base model's, with the gain's SE (unpaired) and whether it clears
+    `z_threshold` standard errors.
+
+    The Open-RS scores are one sample per problem (binomial SE). The base row is quoted from other papers
+    (Table 1 caption) and is no one-sample score (28.8% of 30 problems is 8.64 problems), so its SE is
+    unknown: `base_se=True` gives it a one-sample SE too (the largest it could plausibly be), `False`
+    gives it none (an exactly known base) — the true z lies between the two."""
     rows = paper_table1_with_se()
     base = {r["benchmark"]: r for r in rows if r["model"] == PAPER_BASE}
     out = []
@@ -381,7 +416,7 @@ def paper_gains_vs_base(z_threshold: float = 1.96) -> list[dict]:
         if r["model"] == PAPER_BASE:
             continue
         b = base[r["benchmark"]]
-        gain, se = r["score"] - b["score"], math.hypot(r["se"], b["se"])
+        gain, se = r["score"] - b["score"], math.hypot(r["se"], b["se"] if base_se else 0.0)
         out.append(dict(model=r["model"], benchmark=r["benchmark"], gain=gain, se=se, z=gain / se,
                         clear=abs(gain / se) >= z_threshold))
     return out
@@ -536,7 +571,7 @@ def language_drift(records: Iterable[dict], group: Callable[[dict], Any] = lambd
 
 def _percent_from_zero(ax) -> None:
     """y from just below 0 to at least 1%, so a line of zeros (no drift) shows as a line, not an empty axis."""
-    top = max([1.0] + [1.15 * float(np.max(l.get_ydata())) for l in ax.get_lines() if len(l.get_ydata())])
+    top = max([1.0] + [1.15 * float(np.max(ln.get_ydata())) for ln in ax.get_lines() if len(ln.get_ydata())])
     ax.set_ylim(-0.04 * top, top)
 
 

@@ -123,10 +123,10 @@ def test_training_curves_overlay_runs_and_tolerate_missing_keys(tmp_path):
     assert plotted == list(plots.TRAINING_PANELS) and missing == []
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
     kl = panels["KL to the reference model"]
-    assert [l.get_label() for l in kl.get_lines()] == ["exp 1 (demo)"]  # exp 3 ran with beta = 0
+    assert [ln.get_label() for ln in kl.get_lines()] == ["exp 1 (demo)"]  # exp 3 ran with beta = 0
     np.testing.assert_allclose(kl.get_lines()[0].get_ydata(), [0.01, 0.02, 0.03, 0.04])
     cos = panels["cosine reward (exp 3)"]
-    assert [l.get_label() for l in cos.get_lines()] == ["exp 3 (demo)"]
+    assert [ln.get_label() for ln in cos.get_lines()] == ["exp 3 (demo)"]
     assert kl.get_xlabel() == "optimizer step" and "tokens" in panels["completion length"].get_ylabel()
     plt.close(fig)
 
@@ -171,9 +171,9 @@ def test_accuracy_vs_step_draws_checkpoints_and_dashed_baseline():
     assert [r["model"] for r in base] == ["demo"] and [r["step"] for r in ckpt] == [10, 20]
     fig = plots.plot_accuracy_vs_step(RESULTS)
     ax = fig.axes[0]
-    dashed = [l for l in ax.get_lines() if l.get_linestyle() == "--"]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(20.0)
-    curve = next(l for l in ax.get_lines() if l.get_linestyle() == "-")
+    curve = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "-")
     assert curve.get_xdata().tolist() == [10, 20]
     np.testing.assert_allclose(curve.get_ydata(), [40.0, 50.0])
     assert ax.get_ylabel() == "pass@1 (%)"
@@ -182,6 +182,36 @@ def test_accuracy_vs_step_draws_checkpoints_and_dashed_baseline():
         plots.plot_accuracy_vs_step(RESULTS, benchmarks=["aime24"])
     with pytest.raises(ValueError, match="baseline_model"):
         plots.split_baseline(RESULTS, baseline_model="nope")
+
+
+def test_accuracy_vs_step_draws_each_runs_primed_start_in_its_colour():
+    rows = [{"model": f"x/exp{e}/train/checkpoint-10", "step": 10, "benchmark": "demo", "pass@1": 0.3 + 0.1 * e,
+             "se": 0.05} for e in (1, 2)]
+    rows += [{"model": f"x/exp{e}/train/format-priming", "step": None, "benchmark": "demo", "pass@1": 0.1 * e,
+              "se": 0.05} for e in (1, 2)]
+    assert plots.baseline_run("x/exp1/train/format-priming") == "x/exp1/train" and plots.baseline_run("demo") is None
+    fig = plots.plot_accuracy_vs_step(rows)
+    ax = fig.axes[0]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 2
+    for line, e in zip(sorted(dashed, key=lambda line: line.get_ydata()[0]), (1, 2)):
+        assert line.get_ydata()[0] == pytest.approx(10.0 * e)
+        assert line.get_color() == plots.COLORS[e - 1] and f"exp{e}/train" in line.get_label()
+    plt.close(fig)
+
+
+def test_training_curves_shade_the_length_spread(tmp_path):
+    d = write_run(tmp_path / "r")
+    rows = [{**json.loads(line), "completions/min_length": 10.0, "completions/max_length": 60.0}
+            for line in (d / "metrics.jsonl").read_text().splitlines()]
+    write_jsonl(d / "metrics.jsonl", rows)
+    fig, plotted, _ = plots.plot_training_curves([plots.load_run(d)], keys=["completions/mean_length", "reward"])
+    length, reward = fig.axes[:2]
+    assert "min–max" in length.get_title() and "min–max" not in reward.get_title()
+    (band,) = length.collections
+    ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+    assert ys.min() == pytest.approx(10.0) and ys.max() == pytest.approx(60.0)
+    plt.close(fig)
 
 
 def test_interval_prefers_bootstrap_then_se():
@@ -230,16 +260,25 @@ def test_paper_table1_matches_the_paper_text():
 
 
 def test_binomial_se_and_paper_gains():
-    assert plots.binomial_se(0.467, 30) == pytest.approx(0.0911, abs=1e-4)  # GUIDE: "near 9 points"
+    # N - 1 convention, as openrs_nb.evaluate.standard_error: sqrt(.467 * .533 / 29) = 9.26 points
+    assert plots.binomial_se(0.467, 30) == pytest.approx(0.09264, abs=1e-5)
+    outcomes = np.array([1.0] * 14 + [0.0] * 16)  # 14 of 30 right: the SE of the mean of the 0/1 outcomes
+    assert plots.binomial_se(14 / 30, 30) == pytest.approx(outcomes.std(ddof=1) / np.sqrt(30))
     with pytest.raises(ValueError):
         plots.binomial_se(1.5, 30)
     rows = plots.paper_table1_with_se()
     assert len(rows) == 4 * 5
     gains = {(g["model"], g["benchmark"]): g for g in plots.paper_gains_vs_base()}
     amc = gains[("Open-RS2 (50 steps)", "AMC23")]
-    # 80.0 vs 62.9 on 40 problems: se = sqrt(.8*.2/40 + .629*.371/40) = 9.92 points, z = 1.72
-    assert amc["gain"] == pytest.approx(17.1) and amc["se"] == pytest.approx(9.917, abs=1e-3)
-    assert amc["z"] == pytest.approx(1.724, abs=1e-3) and not amc["clear"]
+    # 80.0 vs 62.9 on 40 problems: se = sqrt(.8*.2/39 + .629*.371/39) = 10.04 points, z = 1.70
+    assert amc["gain"] == pytest.approx(17.1) and amc["se"] == pytest.approx(10.043, abs=1e-3)
+    assert amc["z"] == pytest.approx(1.703, abs=1e-3) and not amc["clear"]
+    # the base row's SE unknown: with none, only Open-RS2's own SE sqrt(.8*.2/39) = 6.41 is left, z = 2.67
+    exact = {(g["model"], g["benchmark"]): g for g in plots.paper_gains_vs_base(base_se=False)}
+    amc0 = exact[("Open-RS2 (50 steps)", "AMC23")]
+    assert amc0["se"] == pytest.approx(6.405, abs=1e-3) and amc0["z"] == pytest.approx(2.670, abs=1e-3)
+    assert amc0["clear"]
+    assert all(abs(exact[k]["z"]) >= abs(g["z"]) for k, g in gains.items())  # a smaller SE, a larger |z|
     oly = gains[("Open-RS1 (100 steps)", "OlympiadBench")]  # 52.4 vs 43.3 on 675 problems: z = 3.36
     assert oly["z"] == pytest.approx(3.36, abs=0.01) and oly["clear"]
     fig = plots.plot_paper_table1()
@@ -291,7 +330,7 @@ def test_eval_language_drift_groups_checkpoints_into_runs(tmp_path):
     fig = plots.plot_language_drift(train, drift)
     left, right = fig.axes
     np.testing.assert_allclose(left.get_lines()[0].get_ydata(), [0.0, 37.5])
-    assert sorted(l.get_xdata().tolist()[0] for l in right.get_lines()) == [0, 5]  # base drawn at step 0
+    assert sorted(ln.get_xdata().tolist()[0] for ln in right.get_lines()) == [0, 5]  # base drawn at step 0
     plt.close(fig)
 
 
