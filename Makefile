@@ -40,7 +40,7 @@ demo: $(STAMP)
 ## shorter budget, exp 3 + the cosine reward): measure the solve rates, then 04 and 05 (every checkpoint) per experiment,
 ## then 06 on all three side by side. Outputs in runs/experiments/ (exp<N>/train, exp<N>/eval, figures/).
 EXP_DIR ?= runs/experiments
-EXP_EVAL ?= -p n_problems 30 -p n_samples 4 -y "demo_levels: [1, 2, 3, 4, 5]"
+EXP_EVAL ?= -p n_problems 30 -p n_samples 4 -p metric reward -y "demo_levels: [1, 2, 3, 4, 5]"
 experiments: $(STAMP)
 	@if [ -e $(EXP_DIR) ]; then old=$(EXP_DIR).$$(date +%Y%m%d-%H%M%S); mv $(EXP_DIR) $$old; echo "kept the previous experiments as $$old"; fi
 	@mkdir -p $(EXP_DIR)
