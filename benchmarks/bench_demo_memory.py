@@ -1,0 +1,253 @@
+"""Peak resident memory per stage of notebook 04's demo, beside what the tensors of each stage need.
+
+The stages are 04's, run through the same functions in one process, in 04's order:
+
+  imports     torch, transformers, trl, openrs_nb
+  data        tokenizer and training prompts (train.load_train_dataset)
+  probe       the untrained model sampled for a few groups (generation.generate, as 04's probe)
+  priming     format priming (train.format_priming: TRL's SFTTrainer)
+  trainer     GRPOTrainer built: policy and, without LoRA, the KL reference
+  step 1, 2   training steps: generation, log-probs, backward, AdamW (its state appears at step 1)
+
+Each stage's peak is the process's resident high-water mark (VmHWM), reset at the stage's start
+(`echo 5 > /proc/self/clear_refs`); "after" is the resident set (VmRSS) once the stage is over.
+Each configuration runs in a fresh process, so allocator settings can differ:
+
+    .venv/bin/python benchmarks/bench_demo_memory.py                          # full and LoRA, glibc defaults
+    .venv/bin/python benchmarks/bench_demo_memory.py --alloc default,arena2,jemalloc --lora both
+
+  default    glibc malloc as the system sets it (up to 8 arenas per core)
+  arena2     MALLOC_ARENA_MAX=2
+  jemalloc   LD_PRELOAD of libjemalloc.so.2 (apt install libjemalloc2), where installed
+  mmap1m     MALLOC_MMAP_THRESHOLD_=1048576: blocks ≥ 1 MiB (every weight, activation and gradient of
+             the demo) are mmapped and go back to the system when freed; without it glibc raises the
+             threshold to 32 MiB after the first large free and keeps freed tensors in its heap
+
+Targets of the demo (issue 13): LoRA ≤ 2 GiB peak, all weights ≤ 4 GiB peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+GIB = 2**30
+MIB = 2**20
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class Stages:
+    """Peak and final resident memory of each stage, in bytes."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.name = None
+
+    def start(self, name: str):
+        if self.name:
+            self.stop()
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        self.name, self.t0 = name, time.perf_counter()
+
+    def stop(self):
+        row = {"stage": self.name, "peak": _status_kib("VmHWM") * 1024, "after": _status_kib("VmRSS") * 1024,
+               "seconds": time.perf_counter() - self.t0}
+        self.rows.append(row)
+        print("STAGE " + json.dumps(row), flush=True)  # the parent keeps what a killed run measured
+        self.name = None
+
+
+def expected_sizes(cfg, n_params: int, n_trainable: int, vocab: int, hidden: int, layers: int, kv_width: int,
+                   prompt_tokens: int) -> dict[str, dict[str, int]]:
+    """Bytes the tensors of each stage need, by kind (fp32 throughout, as the demo runs)."""
+    b = 4
+    weights = n_params * b
+    rows = cfg.per_device_train_batch_size
+    seq = prompt_tokens + cfg.max_completion_length
+    tokens = rows * seq
+    kv = 2 * layers * rows * seq * kv_width * b  # generation's KV cache
+    # TRL's CPU log-prob head: one [tokens, 32768] fp32 tile and a few temporaries of its size
+    head_tile = min(tokens, 4096) * 32768 * b
+    # activations autograd keeps per layer: about 16 hidden-sized tensors and the MLP's 3 × 1536/576 wider ones
+    acts = layers * tokens * hidden * b * 24
+    probe_rows = cfg.num_generations * 6
+    return {
+        "imports": {},
+        "data": {},
+        "probe": {"weights": weights, "KV cache": 2 * layers * probe_rows * seq * kv_width * b},
+        "priming": {"weights": weights, "grads": weights, "AdamW m+v": 2 * weights},
+        "trainer": {"policy": weights, "reference": 0 if cfg.lora else weights},
+        "step 1": {"policy+ref": weights * (1 if cfg.lora else 2), "grads": n_trainable * b,
+                   "AdamW m+v": 2 * n_trainable * b, "KV cache": kv, "activations": acts, "LM-head tile": head_tile},
+    }
+
+
+def child(args) -> None:
+    stages = Stages()
+    stages.start("imports")
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+    from transformers import TrainerCallback
+
+    from openrs_nb import train
+    from openrs_nb.config import load_experiment
+    from openrs_nb.generation import generate
+    from openrs_nb.models import load_tokenizer, resolve_model_path
+
+    stages.stop()
+
+    stages.start("data")
+    sets = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}
+    cfg = load_experiment(args.exp, "demo", **{"lora": args.lora == "on", "max_steps": args.steps,
+                                               "save_steps": 10**6, **sets})
+    if args.chunk:  # vocabulary width of TRL's CPU log-prob tiles instead of openrs_nb's choice
+        import trl.trainer.utils
+
+        from openrs_nb import cpu
+
+        cpu.narrow_trl_logprob_tiles = lambda: setattr(trl.trainer.utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", args.chunk)
+    tokenizer = load_tokenizer(cfg.model_name_or_path)
+    dataset = train.load_train_dataset(cfg, tokenizer)
+    prompt_tokens = max(len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True))
+                        for p in dataset.select(range(64))["prompt"])
+    stages.stop()
+
+    stages.start("probe")  # 04 section 3: the untrained model, 6 groups
+    rows = dataset.select(range(6))
+    generate(cfg.model_name_or_path, rows["prompt"], tokenizer=tokenizer, n=cfg.num_generations,
+             max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=1.0, seed=0,
+             backend="transformers", progress=False)
+    stages.stop()
+
+    out = Path(args.out)
+    stages.start("priming")
+    if cfg.sft_steps:
+        train.format_priming(cfg, out)
+    stages.stop()
+
+    from transformers import AutoConfig
+
+    mcfg = AutoConfig.from_pretrained(resolve_model_path(cfg.model_name_or_path))
+    kv_width = mcfg.num_key_value_heads * getattr(mcfg, "head_dim", mcfg.hidden_size // mcfg.num_attention_heads)
+    info = {}
+
+    class StageMarks(TrainerCallback):
+        def on_train_begin(self, args_, state, control, model=None, **kw):
+            info["n_params"] = sum(p.numel() for p in model.parameters())
+            info["n_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            stages.stop()
+
+        def on_step_begin(self, args_, state, control, **kw):
+            stages.start(f"step {state.global_step + 1}")
+
+        def on_step_end(self, args_, state, control, **kw):
+            stages.stop()
+
+    stages.start("trainer")
+    train.train(cfg, out, callbacks=[StageMarks()])
+    exp = expected_sizes(cfg, info["n_params"], info["n_trainable"], mcfg.vocab_size, mcfg.hidden_size,
+                         mcfg.num_hidden_layers, kv_width, prompt_tokens)
+    for r in stages.rows:
+        r["expected"] = exp.get(r["stage"], {})
+        if r["stage"].startswith("step") and r["stage"] != "step 1":
+            r["expected"] = exp["step 1"]
+    print("RESULT " + json.dumps({"rows": stages.rows, "peak": _status_kib("VmPeak") * 1024, **info}))
+
+
+def run(args) -> None:
+    configs = []
+    for lora in (["off", "on"] if args.lora == "both" else [args.lora]):
+        for alloc in args.alloc.split(","):
+            if alloc == "jemalloc" and not Path(JEMALLOC).exists():
+                print(f"skipping jemalloc: {JEMALLOC} is not installed (apt install libjemalloc2)")
+                continue
+            configs.append((lora, alloc))
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; experiment {args.exp}, {args.steps} steps; "
+          f"overrides {args.set or 'none'}; TRL log-prob tile width {args.chunk or 'TRL default'}")
+    results = []
+    for lora, alloc in configs:
+        env = dict(os.environ)
+        if alloc == "arena2":
+            env["MALLOC_ARENA_MAX"] = "2"
+        elif alloc == "jemalloc":
+            env["LD_PRELOAD"] = JEMALLOC
+        elif alloc == "mmap1m":
+            env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+        elif alloc != "default":
+            raise SystemExit(f"unknown allocator {alloc!r}; choose default, arena2, jemalloc, mmap1m")
+        out = Path(args.work) / f"{'lora' if lora == 'on' else 'full'}-{alloc}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cmd = [sys.executable, __file__, "--child", "--exp", str(args.exp), "--steps", str(args.steps),
+               "--lora", lora, "--out", str(out), "--chunk", str(args.chunk)] + [f"--set={x}" for x in args.set]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        (out / "child.log").write_text(proc.stdout + proc.stderr)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            done = [json.loads(x[len("STAGE "):]) for x in proc.stdout.splitlines() if x.startswith("STAGE ")]
+            why = ", killed: out of memory?" if proc.returncode == -9 else ""
+            print(f"\n{lora=} {alloc=}: failed (exit {proc.returncode}{why}) after {[r['stage'] for r in done]}; "
+                  f"see {out / 'child.log'}")
+            for r in done:
+                print(f"  {r['stage']:10s} peak {r['peak'] / MIB:6.0f} MiB, after {r['after'] / MIB:6.0f} MiB")
+            continue
+        res = json.loads(line[-1][len("RESULT "):])
+        results.append((lora, alloc, res, wall))
+        label = f"{'LoRA' if lora == 'on' else 'all weights'}, {alloc}"
+        print(f"\n=== {label}: {res['n_params'] / 1e6:.1f}M parameters, {res['n_trainable'] / 1e6:.2f}M trained; "
+              f"{wall:.0f} s")
+        print(f"{'stage':10s} {'peak MiB':>9s} {'after MiB':>10s} {'+peak vs before':>16s}  "
+              "tensors the stage needs (MiB)")
+        before = 0
+        for r in res["rows"]:
+            need = ", ".join(f"{k} {v / MIB:.0f}" for k, v in r["expected"].items())
+            need_total = sum(r["expected"].values())
+            print(f"{r['stage']:10s} {r['peak'] / MIB:9.0f} {r['after'] / MIB:10.0f} "
+                  f"{(r['peak'] - before) / MIB:16.0f}  {need}{f' = {need_total / MIB:.0f}' if need_total else ''}")
+            before = r["after"]
+        peak = max(r["peak"] for r in res["rows"])
+        target = 2 if lora == "on" else 4
+        verdict = "met" if peak <= target * GIB else "NOT met"
+        print(f"peak resident {peak / GIB:.2f} GiB (target ≤ {target} GiB: {verdict})")
+    if len(results) > 1:
+        print("\nsummary: peak GiB")
+        for lora, alloc, res, wall in results:
+            print(f"  {'LoRA' if lora == 'on' else 'all weights':12s} {alloc:9s} "
+                  f"{max(r['peak'] for r in res['rows']) / GIB:5.2f}   ({wall:.0f} s)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--exp", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2, help="training steps (AdamW allocates its state in step 1)")
+    ap.add_argument("--lora", default="both", choices=["off", "on", "both"])
+    ap.add_argument("--alloc", default="default", help="comma-separated: default, arena2, jemalloc, mmap1m")
+    ap.add_argument("--work", default=str(Path(__file__).resolve().parent.parent / "runs" / "bench_memory"))
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                    help="config override, e.g. --set gradient_checkpointing=true")
+    ap.add_argument("--chunk", type=int, default=0, help="vocabulary width of TRL's CPU log-prob tiles (0 = TRL's)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    child(args) if args.child else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
