@@ -8,11 +8,13 @@ OPENRS_SHARED_DATA; synthetic integers and fractions when the data is absent). E
 set (different wrong answers and wording, verdict cache cleared), as GRPO does step after step.
 
 Printed: completions/s of `grade_batch` on all cores (first run, which includes starting the
-helpers, and the median of the other runs); the same pairs graded in this process by bare
-math-verify on one core (no time bound) for scale — the machine may be shared, so compare the
-two; median latency of single `grade` calls; and the latency of every pathological item through
-`grade` (main thread), `grade` from a worker thread, and `grade_batch`. Targets (issue 5): ≥200
-typical completions/s on 2 cores; no pathological item over 1.5 s.
+worker processes, and the median of the other runs); the CPU seconds the grading used (this process
+and every process it started), which depend far less on how busy a shared machine is; the same pairs
+graded in this process by bare math-verify on one core (no time bound) for scale; median latency of
+single `grade` calls; and the latency of every pathological item through `grade` (main thread),
+`grade` from a worker thread, and `grade_batch`. Targets: ≥200 typical completions/s on 2 cores; no
+pathological item over 1.5 s. To compare two versions of `openrs_nb.grading`, run them one after the
+other on the same machine (PYTHONPATH=<other checkout>) and compare the CPU-second rates.
 """
 
 from __future__ import annotations
@@ -84,13 +86,22 @@ def typical_set(golds: list[str], n: int, seed: int) -> tuple[list[str], list[st
 
 
 def helper_cpu_seconds() -> float | None:
-    """CPU seconds used so far by the idle helper processes (Linux /proc; None elsewhere)."""
+    """CPU seconds used so far by all processes descended from this one (the grading workers and
+    whatever starts them; Linux /proc; None elsewhere)."""
     try:
-        total = 0.0
-        for w in grading._POOL.free:
-            fields = Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        stats = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # it exited meanwhile
+                stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        mine, frontier = set(), {os.getpid()}
+        while frontier:
+            frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - mine
+            mine |= frontier
+        return sum(stats[pid][1] for pid in mine)
     except (OSError, ValueError, IndexError):
         return None
 

@@ -14,9 +14,9 @@ import pytest
 from openrs_nb import grading
 from openrs_nb.grading import GradeResult, extract_answer, grade, grade_batch, grade_detailed
 
-# Slack over `timeout` for killing a helper and forking a new one (milliseconds when the machine is
-# idle; generous because CI machines are shared).
-MARGIN = 0.5
+# Slack over `timeout` for noticing the timeout, killing the worker and answering: the grader promises
+# a verdict within 1.5 s at timeout 0.5 s even on a shared machine (tens of ms when it is idle).
+MARGIN = 1.0
 
 
 def shared_benchmarks() -> Path:
@@ -82,6 +82,56 @@ def test_extract_answer_is_linear_on_many_open_boxes():
 )
 def test_grade_hand_worked(prediction, gold, expected):
     assert grade(prediction, gold) is expected
+
+
+# The paper's metric (lighteval's extractive match as knoveleng/open-rs @2889c47 src/open_r1/evaluate.py
+# configures it) against the training reward's rule, on cases worked by hand.
+@pytest.mark.parametrize(
+    "prediction, gold, rule, paper, reward",
+    [
+        # no box: the paper's metric reads the last expression, the reward's rule finds no answer
+        ("46 + 96 = 142", "142", "paper_expr", True, False),
+        ("We get 12. Then 13.", "12", "paper_expr", False, False),  # the last number, 13, is the answer read
+        # lighteval's known issue: an unevaluated expression is evaluated, so restating the sum counts
+        ("To solve 95 + 69 =", "164", "paper_expr", True, False),
+        ("So \\boxed{142}.", "142", "paper_expr", True, True),  # a boxed answer: both
+        ("\\boxed{4}, wait, maybe 5", "5", "paper_expr", False, False),  # a box outranks a later bare number
+        ("\\boxed{025}", "25", "paper_expr", True, True),  # AIME answers as written
+        ("\\boxed{27}", "27.0", "paper_expr", True, True),  # AMC23 stores floats
+        # precision: the paper compares numbers to 5 decimals, math-verify's default is 6
+        ("\\boxed{3.14159}", "\\boxed{\\pi}", "paper_latex", True, False),
+        # MATH-500 / Minerva: the gold is the whole solution; the answer is its last box
+        ("The answer is 1/2", "So $x = \\boxed{\\frac{1}{2}}$.", "paper_latex", True, True),
+        # OlympiadBench multi-answer row (final_answer ['$69$,$84$']): a set, in any order, all of it
+        ("\\boxed{69, 84}", "$69$,$84$", "paper_latex", True, True),
+        ("\\boxed{84, 69}", "$69$,$84$", "paper_latex", True, True),
+        ("\\boxed{84}", "$69$,$84$", "paper_latex", False, False),
+    ],
+)
+def test_paper_metric_and_reward_rule_hand_worked(prediction, gold, rule, paper, reward):
+    assert grade(prediction, gold, timeout=5, rule=rule) is paper
+    # the reward's rule gets the gold as the data set's answer field holds it ("69,84", "\\pi")
+    reward_gold = {"$69$,$84$": "69,84", "\\boxed{\\pi}": "\\pi"}.get(gold, gold)
+    assert grade(prediction, reward_gold, timeout=5) is reward
+
+
+def test_paper_metric_statuses_and_bad_rule():
+    assert grade_detailed("46 + 96 = 142", "142", rule="paper_expr") == GradeResult(True, "correct", "142")
+    assert grade_detailed("46 + 96 = 142", "142") == GradeResult(False, "no_answer", None)
+    # a gold that math-verify cannot turn into sympy (Minerva's "np.arcsin(10/13)") is compared as a string
+    assert grade("\\boxed{np.arcsin(10/13)}", "np.arcsin(10/13)", rule="paper_latex", timeout=5) is True
+    assert grade("\\boxed{np.arcsin(5/13)}", "np.arcsin(10/13)", rule="paper_latex", timeout=5) is False
+    with pytest.raises(ValueError, match="paper_latex"):
+        grade("\\boxed{1}", "1", rule="paper")
+
+
+def test_default_workers_follow_the_cpu_quota(monkeypatch):
+    import openrs_nb.cpu
+
+    monkeypatch.setattr(openrs_nb.cpu, "usable_cpus", lambda: 1)
+    assert grading.default_num_workers() == 1
+    monkeypatch.setattr(openrs_nb.cpu, "usable_cpus", lambda: 64)
+    assert grading.default_num_workers() == grading.MAX_DEFAULT_WORKERS
 
 
 def test_grade_detailed_statuses():
@@ -171,7 +221,7 @@ def test_grader_recovers_after_timeout_and_stays_fast():
     assert grade_detailed(PATHOLOGICAL["power tower"], "7", timeout=0.5).status == "timeout"
     t = time.perf_counter()
     assert grade("\\boxed{12}", "12.0") is True
-    assert time.perf_counter() - t < MARGIN  # the killed helper was replaced by a warm fork
+    assert time.perf_counter() - t < MARGIN  # the killed worker was replaced (or the other one answered)
 
 
 def test_batch_mixes_pathological_and_normal_items():
@@ -183,7 +233,7 @@ def test_batch_mixes_pathological_and_normal_items():
     elapsed = time.perf_counter() - t
     assert [r.correct for r in out] == [True, False, True, False, False]
     assert out[1].status == "timeout" and out[3].status == "timeout"
-    assert elapsed < 2 * 0.5 + 2 * MARGIN  # two slow items, at most one timeout after another per helper
+    assert elapsed < 2 * 0.5 + 2 * MARGIN  # two slow items, at most one timeout after another per worker
 
 
 def test_batch_keeps_order_and_dedupes():
