@@ -492,8 +492,8 @@ def cached_generate(model, problems: Sequence[str], prompts: Sequence, *, n: int
     one line per completion, keyed by model, problem hash and sample index, tagged with the
     generation `settings`). Only missing samples are generated; each chunk of `chunk_size` prompts is
     appended to the cache as soon as it is done, so a crash loses at most one chunk. Default chunks:
-    16 prompts with transformers; everything in one call with vLLM (see the comment below)."""
-    from openrs_nb.generation import generate, pick_backend
+    16 prompts with transformers; about generation.VLLM_CHUNK_COMPLETIONS completions with vLLM."""
+    from openrs_nb.generation import VLLM_CHUNK_COMPLETIONS, generate, pick_backend
 
     key = model_key(model)
     sid = _settings_id(settings)
@@ -508,10 +508,8 @@ def cached_generate(model, problems: Sequence[str], prompts: Sequence, *, n: int
 
         tokenizer = tokenizer or load_tokenizer(model)
         model = load_policy(model)  # once, not once per chunk
-    if chunk_size is None:
-        # generation.generate builds a new vLLM engine per call (and a second engine in one process
-        # may not find the GPU memory the first still holds): one call on vLLM, small chunks on CPU.
-        chunk_size = max(1, len(todo)) if backend == "vllm" else 16
+    if chunk_size is None:  # vLLM's engine is built once per process and reused across calls
+        chunk_size = max(1, VLLM_CHUNK_COMPLETIONS // n) if backend == "vllm" else 16
     if cache_path is not None:
         Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
     # Problems missing the same number of samples are generated together (normally all n).

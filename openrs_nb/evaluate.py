@@ -10,9 +10,12 @@ several benchmarks and writes, in `eval_dir`:
 - `manifest.json`: the sampling settings and model fingerprint behind each model's cached records.
 
 Sampling goes through `openrs_nb.generation.generate` (transformers on CPU, vLLM on GPU) and scoring
-through `openrs_nb.grading`. With vLLM the work runs in worker processes, one per GPU
-(`CUDA_VISIBLE_DEVICES`, data parallel over shards of the problems), each appending to its own part
-file, merged into the cache afterwards; a worker's exit also frees its engine's GPU memory.
+through `openrs_nb.grading`: by default with the paper's metric (lighteval's extractive match, as
+knoveleng/open-rs @2889c47 `src/open_r1/evaluate.py` configures it; `metric="paper"`), and each record
+also keeps the verdict of the training reward's rule (`correct_reward`). With vLLM the work runs in
+worker processes, one per GPU (`CUDA_VISIBLE_DEVICES`, data parallel over shards of the problems), each
+appending to its own part file, merged into the cache afterwards; a worker's exit also frees its
+engine's GPU memory. Both backends generate in chunks, each appended as soon as it is done.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import ast
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -36,6 +40,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from openrs_nb.config import project_path, project_root
+from openrs_nb.files import read_json, read_jsonl, write_json_atomic, write_text_atomic
+from openrs_nb.generation import VLLM_CHUNK_COMPLETIONS
+
+logger = logging.getLogger(__name__)
 
 # The paper's evaluation prompt (lighteval custom task of open-r1 / open-rs, from simple-evals),
 # verbatim including its double space; the user turn of a chat with no system prompt.
@@ -46,12 +54,21 @@ PROMPT_TEMPLATE = (
     "Think step by step before answering.\n\n{problem}"
 )
 
-# The paper's sampling (GUIDE §1): vLLM, temperature 0.6, top_p 0.95, 32,768 new tokens, seed 1234.
+# The paper's sampling: vLLM with temperature 0.6, top_p 0.95 and 32,768 new tokens (knoveleng/open-rs
+# @2889c47 README.md, "Evaluation"), one sample per problem, seed 1234 (lighteval's vLLM default at the
+# commit open-rs pins, huggingface/lighteval @ed084813 src/lighteval/models/vllm/vllm_model.py).
 PAPER_TEMPERATURE = 0.6
 PAPER_TOP_P = 0.95
 PAPER_MAX_NEW_TOKENS = 32768
 PAPER_SEED = 1234
 CPU_MAX_NEW_TOKENS = 256  # default on the transformers backend: 32,768 tokens on a CPU would take days
+
+METRICS = ("paper", "reward")
+"""How `correct` is decided: "paper" (Table 1's metric) or "reward" (the training reward's rule)."""
+PAPER_RULES = {"aime24": "paper_expr", "amc23": "paper_expr", "math500": "paper_latex", "minerva": "paper_latex",
+               "olympiadbench": "paper_latex", "demo": "paper_expr"}
+"""The paper's gold extraction per benchmark (open-rs evaluate.py: expr_gold_metric for AIME and AMC,
+latex_gold_metric for MATH-500, Minerva and OlympiadBench); the demo's gold is an integer."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,10 @@ RESULTS_FILE = "results.json"
 MANIFEST_FILE = "manifest.json"
 PARTS_DIR = "parts"
 RECORD_KEYS = ("model", "step", "benchmark", "problem_id", "sample_index", "completion", "num_tokens",
-               "truncated", "correct", "gold", "prediction")
-"""Fields of a completions.jsonl record (the evaluation output contract)."""
+               "truncated", "correct", "gold", "prediction", "gold_raw", "rule", "correct_reward")
+"""Fields of a completions.jsonl record (the evaluation output contract): `correct` and `prediction`
+under `rule` (see `grading.RULES`), `correct_reward` under the training reward's rule; `gold` is the
+bare answer, `gold_raw` the gold as the paper's metric reads it (e.g. MATH-500's whole solution)."""
 
 
 # ================================================================================================
@@ -98,15 +117,16 @@ RECORD_KEYS = ("model", "step", "benchmark", "problem_id", "sample_index", "comp
 # ================================================================================================
 def load_benchmark(name: str, path: str | os.PathLike | None = None, *, limit: int | None = None,
                    levels: Sequence[int] | None = None) -> list[dict]:
-    """The problems of a benchmark as dicts {"id", "problem", "gold"} (ids are strings).
+    """The problems of a benchmark as dicts {"id", "problem", "gold", "gold_raw"} (ids are strings).
 
     `name`: aime24, amc23, math500, minerva, olympiadbench, or 'demo' (the embedded held-out set:
     `limit` problems of `data.make_demo_dataset(split="test", levels=levels)`, 100 by default, all
     levels by default; ids are hashes of the problem text, so they never collide across settings).
     `path`: None reads the Hub dataset the paper used; a JSONL file (or a folder holding
     `<name>.jsonl`) in the schemas of ../shared/data/benchmarks reads that instead.
-    Gold is taken as the paper did: `answer` for AIME/AMC/OlympiadBench, the last \\boxed{} of
-    `solution` for MATH-500 and Minerva. `limit` keeps the first `limit` problems.
+    `gold` is the bare answer: `answer` for AIME/AMC/OlympiadBench, the last \\boxed{} of `solution`
+    for MATH-500 and Minerva. `gold_raw` is the field the paper's metric parsed (the whole `solution`
+    for MATH-500 and Minerva). `limit` keeps the first `limit` problems.
     """
     if name not in BENCHMARK_NAMES:
         raise ValueError(f"benchmark {name!r} is not known; choose from {', '.join(BENCHMARK_NAMES)}")
@@ -117,7 +137,7 @@ def load_benchmark(name: str, path: str | os.PathLike | None = None, *, limit: i
 
         ds = make_demo_dataset(limit or DEMO_SIZE, seed=0, split="test", levels=tuple(levels or DEMO_LEVELS))
         return [{"id": hashlib.sha1(r["problem"].encode()).hexdigest()[:12], "problem": r["problem"],
-                 "gold": r["answer"]} for r in ds]
+                 "gold": r["answer"], "gold_raw": r["answer"]} for r in ds]
     spec = BENCHMARKS[name]
     rows = _read_local(name, path) if path is not None else _read_hub(name, spec)
     items = [_item(name, spec, row, i) for i, row in enumerate(rows)]
@@ -134,8 +154,7 @@ def _read_local(name: str, path) -> list[dict]:
         path = path / f"{name}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected a JSONL file of the {name} benchmark)")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path)
 
 
 def _read_hub(name: str, spec: Benchmark) -> list[dict]:
@@ -161,9 +180,20 @@ def _first(row: dict, fields: Sequence[str], what: str, name: str):
 
 def _item(name: str, spec: Benchmark, row: dict, index: int) -> dict:
     problem = _first(row, spec.question, "question", name)
-    gold = gold_answer(_first(row, spec.gold, "gold", name), from_solution=spec.gold[0] == "solution")
+    raw = _first(row, spec.gold, "gold", name)
+    gold = gold_answer(raw, from_solution=spec.gold[0] == "solution")
     pid = next((row[f] for f in _ID_FIELDS if row.get(f) is not None), index)
-    return {"id": str(pid), "problem": str(problem), "gold": gold}
+    return {"id": str(pid), "problem": str(problem), "gold": gold, "gold_raw": _raw_gold(raw, gold)}
+
+
+def _raw_gold(value: Any, gold: str) -> str:
+    """The gold as lighteval's task handed it to the paper's metric: the field's text (a solution keeps
+    its prose; an OlympiadBench list keeps its `$…$`, joined by ", "); numbers as `gold` writes them."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = _parse_list_string(value.strip())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return value if isinstance(value, str) else gold
 
 
 def gold_answer(value: Any, from_solution: bool = False) -> str:
@@ -317,6 +347,14 @@ def standard_error(per_problem: Sequence[float]) -> float | None:
     return float(x.std(ddof=1) / math.sqrt(x.size))
 
 
+def one_sample_se(p: float, n: int) -> float:
+    """`standard_error` of an accuracy p measured with one sample on each of n problems (p·n of them
+    right): sqrt(p(1 - p)/(n - 1)), the same N - 1 convention."""
+    if not 0 <= p <= 1 or n < 2:
+        raise ValueError(f"need 0 <= p <= 1 and n >= 2, got p={p}, n={n}")
+    return math.sqrt(p * (1 - p) / (n - 1))
+
+
 def bootstrap_ci(per_problem: Sequence[float], *, n_resamples: int = 2000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over problems: resample the N problems with replacement
@@ -430,17 +468,21 @@ def record_key(r: dict) -> tuple:
 
 
 def read_records(path: str | os.PathLike, repair: bool = False) -> list[dict]:
-    """Records of a JSONL cache. A last line cut short by a crash is dropped (and, with `repair`, cut off
-    the file so that appends start on a fresh line); a bad line before the end raises ValueError."""
+    """Records of an evaluation's completions.jsonl (or a part file); [] when the file does not exist.
+
+    The reader for everything that reads evaluation records (05, 06): a last line cut short by a crash
+    is dropped with a warning (and, with `repair`, cut off the file so that appends start on a fresh
+    line); a bad line before the end raises ValueError naming file and line."""
     path = Path(path)
     if not path.is_file():
         return []
     data = path.read_bytes()
-    records, pos = [], 0
+    records, pos, lineno = [], 0, 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
         end = len(data) if nl == -1 else nl + 1
         line = data[pos:end]
+        lineno += 1
         if line.strip():
             try:
                 row = json.loads(line)
@@ -448,9 +490,10 @@ def read_records(path: str | os.PathLike, repair: bool = False) -> list[dict]:
                     raise ValueError("not a JSON object")
             except ValueError:  # JSONDecodeError is a ValueError
                 if data[end:].strip():
-                    raise ValueError(f"{path}: the record at byte {pos} is not valid JSON and is not the last "
-                                     "line: the cache is corrupt, not just cut short by a crash") from None
-                warnings.warn(f"{path}: dropped an incomplete last line (a run stopped mid-write)", stacklevel=2)
+                    raise ValueError(f"{path}: line {lineno} is not a valid JSON record and is not the last "
+                                     "line: the file is corrupt, not just cut short by a crash") from None
+                warnings.warn(f"{path}: dropped line {lineno}, an incomplete last line (a run stopped mid-write)",
+                              RuntimeWarning, stacklevel=2)
                 if repair:
                     with open(path, "r+b") as f:
                         f.truncate(pos)
@@ -506,35 +549,49 @@ def _entry_name(spec: ModelSpec) -> str:
     return f"{spec.label}@{spec.step}"
 
 
+STALE_FILE = "completions.stale.jsonl"
+
+
 def _discard_stale(eval_dir: Path, specs: list[ModelSpec], settings: dict) -> None:
-    """Drop cached records of a model whose weights or sampling settings changed since they were made
-    (kept in completions.stale.jsonl), and record the current ones in manifest.json."""
+    """Set aside cached records of a model whose weights or sampling settings changed since they were
+    made (moved to completions.stale.jsonl, each with the settings and fingerprint it was made with),
+    and record the current ones in manifest.json.
+
+    Crash-safe: the set-aside file gains each record at most once (a rerun after a kill between the two
+    writes adds nothing twice), completions.jsonl is replaced atomically, and manifest.json is written
+    last, atomically."""
     manifest_path = eval_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     entries = manifest.setdefault("entries", {})
-    stale: dict[tuple, str] = {}
+    stale: dict[tuple, dict] = {}
     for spec in specs:
         now = {"path": spec.path, "fingerprint": model_fingerprint(spec.path), "settings": settings}
         before = entries.get(_entry_name(spec))
         if before is not None and (before["fingerprint"] != now["fingerprint"] or before["settings"] != settings):
-            stale[(spec.label, spec.step)] = ("its weights changed" if before["fingerprint"] != now["fingerprint"]
-                                              else f"they were sampled with {before['settings']}")
+            why = ("its weights changed" if before["fingerprint"] != now["fingerprint"]
+                   else f"they were sampled with {before['settings']}")
+            stale[(spec.label, spec.step)] = {"set_aside_because": why, "fingerprint": before["fingerprint"],
+                                              "settings": before["settings"]}
         entries[_entry_name(spec)] = now
     main = eval_dir / COMPLETIONS_FILE
     if stale:
         records = read_records(main, repair=True)
-        keep = [r for r in records if (r["model"], r.get("step")) not in stale]
         dropped = [r for r in records if (r["model"], r.get("step")) in stale]
         if dropped:
-            for (label, step), why in stale.items():
-                print(f"[openrs_nb] discarding cached completions of {label} (step {step}): {why}; "
-                      f"they are kept in {COMPLETIONS_FILE.replace('.jsonl', '.stale.jsonl')}")
-            append_records(eval_dir / COMPLETIONS_FILE.replace(".jsonl", ".stale.jsonl"), dropped)
-            tmp = main.with_suffix(".tmp")
-            tmp.unlink(missing_ok=True)
-            append_records(tmp, keep)
-            tmp.replace(main)
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+            for (label, step), info in stale.items():
+                logger.info("setting aside cached completions of %s (step %s): %s; they are kept in %s",
+                            label, step, info["set_aside_because"], STALE_FILE)
+            aside = eval_dir / STALE_FILE
+            seen = {_stale_key(r) for r in read_records(aside, repair=True)}
+            new = [{**r, **stale[(r["model"], r.get("step"))]} for r in dropped]
+            append_records(aside, [r for r in new if _stale_key(r) not in seen])
+            keep = [r for r in records if (r["model"], r.get("step")) not in stale]
+            write_text_atomic(main, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+    write_json_atomic(manifest_path, manifest)
+
+
+def _stale_key(r: dict) -> tuple:
+    return (*record_key(r), r.get("fingerprint"), json.dumps(r.get("settings"), sort_keys=True))
 
 
 # ================================================================================================
@@ -558,19 +615,50 @@ def pending_work(spec: ModelSpec, items_by_benchmark: dict[str, list[dict]], n_s
     return work
 
 
+def rule_for(benchmark: str, metric: str = "paper") -> str:
+    """The grading rule (`grading.RULES`) behind `correct` for a benchmark under `metric`."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is not valid; choose one of {', '.join(METRICS)}")
+    return PAPER_RULES.get(benchmark, "paper_latex") if metric == "paper" else "reward"
+
+
+def score_records(records: list[dict], metric: str = "paper", timeout: float = 5.0) -> list[dict]:
+    """Grade records in place: `correct`/`prediction`/`rule` under `metric`, `correct_reward` under the
+    training reward's rule (the paper's metric reads `gold_raw`, the reward's rule `gold`)."""
+    from openrs_nb.grading import grade_batch
+
+    by_rule: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        r["rule"] = rule_for(r["benchmark"], metric)
+        by_rule[r["rule"]].append(r)
+    reward = grade_batch([r["completion"] for r in records], [r["gold"] for r in records], timeout=timeout,
+                         detailed=True, progress=False)
+    for r, v in zip(records, reward):
+        r["correct_reward"] = v.correct
+        if r["rule"] == "reward":
+            r["correct"], r["prediction"] = v.correct, v.answer
+    for rule, group in by_rule.items():
+        if rule != "reward":
+            verdicts = grade_batch([r["completion"] for r in group], [r.get("gold_raw") or r["gold"] for r in group],
+                                   timeout=timeout, detailed=True, progress=False, rule=rule)
+            for r, v in zip(group, verdicts):
+                r["correct"], r["prediction"] = v.correct, v.answer
+    return records
+
+
 def run_work(spec: ModelSpec, work: list[dict], out_path: str | os.PathLike, settings: dict, *,
              backend: str, batch_size: int, chunk_size: int | None = None, grade_timeout: float = 5.0,
-             progress: bool = True) -> int:
+             metric: str = "paper", progress: bool = True) -> int:
     """Generate the missing samples of each work item, grade them, append each record to `out_path`.
 
-    Items needing the same sample indices share generate calls of `chunk_size` prompts (default: one
-    batch on transformers, everything on vLLM, whose `generate` builds the engine per call).
+    Items needing the same sample indices share generate calls of `chunk_size` prompts, each appended
+    as soon as it is graded (default: one batch on transformers; about VLLM_CHUNK_COMPLETIONS
+    completions on vLLM, whose engine is built once and reused across calls).
     Returns the number of records written.
     """
     from tqdm.auto import tqdm
 
     from openrs_nb.generation import generate
-    from openrs_nb.grading import grade_batch
 
     if not work:
         return 0
@@ -589,7 +677,7 @@ def run_work(spec: ModelSpec, work: list[dict], out_path: str | os.PathLike, set
         n = len(samples)
         if backend == "transformers":
             items = sorted(items, key=lambda w: len(w["problem"]))  # similar lengths batch with less padding
-        size = chunk_size or (max(1, batch_size // n) if backend == "transformers" else len(items))
+        size = chunk_size or max(1, (batch_size if backend == "transformers" else VLLM_CHUNK_COMPLETIONS) // n)
         for start in range(0, len(items), size):
             chunk = items[start:start + size]
             outs = generate(
@@ -601,14 +689,11 @@ def run_work(spec: ModelSpec, work: list[dict], out_path: str | os.PathLike, set
             records = [
                 {"model": spec.label, "step": spec.step, "benchmark": w["benchmark"], "problem_id": w["id"],
                  "sample_index": j, "completion": o["text"], "num_tokens": o["num_tokens"],
-                 "truncated": o["truncated"], "correct": None, "gold": w["gold"], "prediction": None}
+                 "truncated": o["truncated"], "correct": None, "gold": w["gold"], "prediction": None,
+                 "gold_raw": w.get("gold_raw", w["gold"]), "rule": None, "correct_reward": None}
                 for w, out in zip(chunk, outs) for j, o in zip(samples, out)
             ]
-            verdicts = grade_batch([r["completion"] for r in records], [r["gold"] for r in records],
-                                   timeout=grade_timeout, detailed=True, progress=False)
-            for r, v in zip(records, verdicts):
-                r["correct"], r["prediction"] = v.correct, v.answer
-            append_records(out_path, records)
+            append_records(out_path, score_records(records, metric, grade_timeout))
             written += len(records)
             bar.update(len(records))
     bar.close()
@@ -623,7 +708,7 @@ def _visible_gpus(count: int) -> list[str]:
 
 def run_data_parallel(spec: ModelSpec, work: list[dict], eval_dir: Path, settings: dict, *, num_workers: int,
                       backend: str, batch_size: int, chunk_size: int | None, grade_timeout: float,
-                      progress: bool = True) -> int:
+                      metric: str = "paper", progress: bool = True) -> int:
     """Spread `work` over `num_workers` processes, one GPU each (CUDA_VISIBLE_DEVICES), each appending to
     parts/<name>-<i>.jsonl; then merge the parts into completions.jsonl. A failed worker's finished
     records are kept (the next call resumes) and RuntimeError names its log."""
@@ -637,9 +722,9 @@ def run_data_parallel(spec: ModelSpec, work: list[dict], eval_dir: Path, setting
     for i, shard in enumerate(shard_work(work, num_workers)):
         job = {"spec": asdict(spec), "work": shard, "out": str(parts / f"{tag}-{i}.jsonl"), "settings": settings,
                "backend": backend, "batch_size": batch_size, "chunk_size": chunk_size,
-               "grade_timeout": grade_timeout}
+               "grade_timeout": grade_timeout, "metric": metric}
         job_path = parts / f"{tag}-{i}.job.json"
-        job_path.write_text(json.dumps(job))
+        write_json_atomic(job_path, job)
         env = dict(os.environ)
         if i < len(gpus):
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
@@ -686,10 +771,10 @@ def _tail(path: str, chars: int = 2000) -> str:
 
 
 def _worker_main(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
+    job = read_json(job_path)
     run_work(ModelSpec(**job["spec"]), job["work"], job["out"], job["settings"], backend=job["backend"],
              batch_size=job["batch_size"], chunk_size=job["chunk_size"], grade_timeout=job["grade_timeout"],
-             progress=False)
+             metric=job.get("metric", "paper"), progress=False)
 
 
 # ================================================================================================
@@ -722,6 +807,7 @@ def evaluate(
     batch_size: int = 16,
     chunk_size: int | None = None,
     grade_timeout: float = 5.0,
+    metric: str = "paper",
     n_resamples: int = 2000,
     progress: bool = True,
 ) -> list[dict]:
@@ -734,8 +820,12 @@ def evaluate(
     `max_new_tokens` None: 32,768 with vLLM (the paper), 256 with transformers. `num_workers`: worker
     processes to spread generation over, one per GPU; 0 generates in this process. None: one per
     visible GPU (at least one) with vLLM, so that each model's engine frees its GPU memory when its
-    worker exits; 0 with transformers.
-    Completed (model, step, benchmark, problem, sample) records are reused from eval_dir/completions.jsonl.
+    worker exits; 0 with transformers. `chunk_size`: prompts per generate call, each chunk saved when done
+    (None: one batch on transformers, about VLLM_CHUNK_COMPLETIONS completions on vLLM).
+    `metric`: "paper" scores `correct` as Table 1 was scored (lighteval's extractive match, see
+    `grading`), "reward" with the training reward's rule; records keep both verdicts.
+    Completed (model, step, benchmark, problem, sample) records are reused from eval_dir/completions.jsonl;
+    cached records scored under another metric are re-scored, not re-generated.
     """
     from openrs_nb.generation import pick_backend
 
@@ -753,6 +843,9 @@ def evaluate(
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                     or num_workers < 0):
         raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0 (0: no worker processes) or None")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer or None")
+    rule_for(names[0], metric)  # checks `metric`
     backend = pick_backend(backend)
     specs = resolve_models(model, steps)
     items = {b: load_benchmark(b, benchmark_path(benchmark_dir, b), limit=n_problems, levels=demo_levels)
@@ -772,7 +865,7 @@ def evaluate(
     _discard_stale(eval_dir, specs, settings)
     cache = eval_dir / COMPLETIONS_FILE
     done = {record_key(r) for r in read_records(cache, repair=True)}
-    kw = dict(backend=backend, batch_size=batch_size, chunk_size=chunk_size, grade_timeout=grade_timeout)
+    kw = dict(backend=backend, batch_size=batch_size, chunk_size=chunk_size, grade_timeout=grade_timeout, metric=metric)
     for spec in specs:
         work = pending_work(spec, items, n_samples, done)
         if not work:
@@ -783,26 +876,39 @@ def evaluate(
             run_work(spec, work, cache, settings, progress=progress, **kw)
 
     wanted = {(s.label, s.step, b, it["id"]) for s in specs for b in names for it in items[b]}
-    records = [r for r in read_records(cache)
+    records = [r for r in _rescore(cache, items, metric, grade_timeout)
                if r["sample_index"] < n_samples and (r["model"], r.get("step"), r["benchmark"], str(r["problem_id"]))
                in wanted]
-    rows = summarize_records(records, n_resamples=n_resamples, seed=seed)
+    rows = [{**row, "metric": metric} for row in summarize_records(records, n_resamples=n_resamples, seed=seed)]
     order = {(s.label, s.step, b): i for i, (s, b) in enumerate((s, b) for s in specs for b in names)}
     rows.sort(key=lambda r: order[(r["model"], r["step"], r["benchmark"])])
     write_results(eval_dir, rows)
     return rows
 
 
+def _rescore(cache: Path, items: dict[str, list[dict]], metric: str, timeout: float) -> list[dict]:
+    """All records of `cache`; those of `items`' problems that were scored under another rule (or by an
+    older version without `rule`) are scored again under `metric` and the file is replaced atomically."""
+    raw = {(b, it["id"]): it.get("gold_raw", it["gold"]) for b, its in items.items() for it in its}
+    records = read_records(cache)
+    redo = [r for r in records if (r["benchmark"], str(r["problem_id"])) in raw
+            and (r.get("rule") != rule_for(r["benchmark"], metric) or "correct_reward" not in r)]
+    if redo:
+        for r in redo:
+            r.setdefault("gold_raw", raw[(r["benchmark"], str(r["problem_id"]))])
+        score_records(redo, metric, timeout)
+        write_text_atomic(cache, "".join(json.dumps({k: r.get(k) for k in RECORD_KEYS} | r, ensure_ascii=False) + "\n"
+                                         for r in records))
+    return records
+
+
 def write_results(eval_dir: str | os.PathLike, rows: list[dict]) -> Path:
     """Write results.json: `rows` replace earlier rows of the same (model, step, benchmark), others stay."""
     path = Path(eval_dir) / RESULTS_FILE
-    old = json.loads(path.read_text()) if path.is_file() else []
+    old = read_json(path) if path.is_file() else []
     new_keys = {(r["model"], r["step"], r["benchmark"]) for r in rows}
     merged = [r for r in old if (r["model"], r.get("step"), r["benchmark"]) not in new_keys] + list(rows)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=1))
-    tmp.replace(path)
-    return path
+    return write_json_atomic(path, merged)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -822,6 +928,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--num-workers", type=int)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--metric", default="paper", choices=METRICS,
+                    help="paper: Table 1's metric (default); reward: the training reward's rule")
     args = ap.parse_args(argv)
     if args.worker:
         _worker_main(args.worker)
@@ -831,7 +939,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = evaluate(args.model, args.benchmarks, eval_dir=args.eval_dir, n_samples=args.n_samples,
                     n_problems=args.n_problems, benchmark_dir=args.benchmark_dir, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, top_p=args.top_p, seed=args.seed, backend=args.backend,
-                    num_workers=args.num_workers, batch_size=args.batch_size)
+                    num_workers=args.num_workers, batch_size=args.batch_size, metric=args.metric)
     for r in rows:
         print(f"{r['model']} step {r['step']} {r['benchmark']}: pass@1 {100 * r['pass@1']:.1f}% "
               f"(SE {100 * (r['se'] or 0):.1f}, 95% CI {100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}), "

@@ -10,6 +10,10 @@ import importlib.util
 from typing import Any, Sequence
 
 BACKENDS = ("auto", "transformers", "vllm")
+# Callers that cache what they generate (evaluation, curation filters) call vLLM with about this many
+# completions at a time: a crash loses at most one chunk, and a chunk still keeps a GPU busy (each call
+# waits for its longest completion).
+VLLM_CHUNK_COMPLETIONS = 256
 
 Prompt = str | list[dict[str, str]]
 

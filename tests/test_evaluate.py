@@ -134,9 +134,11 @@ def test_hub_schemas_are_read_like_the_paper(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with pytest.warns(UserWarning, match="675"):
         olymp = ev.load_benchmark("olympiadbench")
-    assert olymp == [{"id": "0", "problem": "Q1", "gold": "\\frac{1}{2}"}, {"id": "1", "problem": "Q2", "gold": "3"}]
+    assert olymp == [{"id": "0", "problem": "Q1", "gold": "\\frac{1}{2}", "gold_raw": "$\\frac{1}{2}$"},
+                     {"id": "1", "problem": "Q2", "gold": "3", "gold_raw": "3"}]
     with pytest.warns(UserWarning):
-        assert ev.load_benchmark("math500") == [{"id": "test/x/1.json", "problem": "P", "gold": "7"}]
+        assert ev.load_benchmark("math500") == [{"id": "test/x/1.json", "problem": "P", "gold": "7",
+                                                 "gold_raw": "so \\boxed{7}"}]
     assert seen == [("knoveleng/OlympiadBench", "train"), ("HuggingFaceH4/MATH-500", "test")]
 
     def offline(name, split):
@@ -212,9 +214,11 @@ def test_pass_at_k_matches_the_binomial_formula():
 
 def test_standard_error_by_hand():
     assert ev.standard_error([1, 0, 0.5, 0.5]) == pytest.approx(math.sqrt(1 / 6) / 2)  # s² = 0.5/3
-    # one sample on 30 problems, 9 right: sqrt(p(1-p)/(N-1)) = 8.5 points, the AIME24 noise of GUIDE §1
+    # one sample on 30 problems, 9 right: sqrt(p(1-p)/(N-1)) = 8.5 points, the noise of an AIME24 score
     assert ev.standard_error([1] * 9 + [0] * 21) == pytest.approx(math.sqrt(0.3 * 0.7 / 29))
     assert ev.standard_error([0.5]) is None
+    assert ev.one_sample_se(0.3, 30) == pytest.approx(ev.standard_error([1] * 9 + [0] * 21))
+    assert ev.one_sample_se(14 / 30, 30) == pytest.approx(ev.standard_error([1] * 14 + [0] * 16))
 
 
 def test_variance_components_by_hand():
@@ -271,10 +275,10 @@ def test_average_over_benchmarks_like_table1():
 def test_read_records_drops_and_repairs_a_truncated_last_line(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps(rec("a", 0, True)) + "\n" + json.dumps(rec("a", 1, False))[:25])
-    with pytest.warns(UserWarning, match="incomplete last line"):
+    with pytest.warns(RuntimeWarning, match="line 2, an incomplete last line"):
         assert len(ev.read_records(path)) == 1
     assert len(path.read_text().splitlines()) == 2  # reading alone changes nothing
-    with pytest.warns(UserWarning):
+    with pytest.warns(RuntimeWarning):
         ev.read_records(path, repair=True)
     ev.append_records(path, [rec("b", 0, True)])
     assert [r["problem_id"] for r in ev.read_records(path)] == ["a", "b"]
@@ -284,8 +288,8 @@ def test_read_records_drops_and_repairs_a_truncated_last_line(tmp_path):
     ev.append_records(path, [rec("b", 0, True)])
     assert len(ev.read_records(path)) == 2
 
-    path.write_text("{broken\n" + json.dumps(rec("a", 0, True)) + "\n")
-    with pytest.raises(ValueError, match="corrupt"):
+    path.write_text(json.dumps(rec("a", 0, True)) + "\n{broken\n" + json.dumps(rec("a", 0, True)) + "\n")
+    with pytest.raises(ValueError, match=f"{path}: line 2 .* corrupt"):
         ev.read_records(path)
 
 
@@ -301,7 +305,7 @@ def test_shard_work_and_merge_parts(tmp_path):
     ev.append_records(tmp_path / ev.PARTS_DIR / "m-0.jsonl", [rec("b", 0, True), rec("c", 0, False)])
     part1 = tmp_path / ev.PARTS_DIR / "m-1.jsonl"
     part1.write_text(json.dumps(rec("d", 0, True)) + "\n" + json.dumps(rec("e", 0, True))[:20])  # crashed worker
-    with pytest.warns(UserWarning):
+    with pytest.warns(RuntimeWarning):
         assert ev.merge_parts(tmp_path) == 2
     assert [r["problem_id"] for r in ev.read_records(tmp_path / ev.COMPLETIONS_FILE)] == ["a", "b", "c", "d"]
     assert not list((tmp_path / ev.PARTS_DIR).glob("*.jsonl"))
@@ -330,7 +334,7 @@ def test_evaluate_writes_the_contract_and_resumes_after_a_crash(tiny_run, tmp_pa
     lines = (eval_dir / ev.COMPLETIONS_FILE).read_text().splitlines(keepends=True)
     (eval_dir / ev.COMPLETIONS_FILE).write_text("".join(lines[:3]) + lines[3][:30])
     counter["completions"] = 0
-    with pytest.warns(UserWarning, match="incomplete last line"):
+    with pytest.warns(RuntimeWarning, match="incomplete last line"):
         ev.evaluate(tiny_run / "checkpoint-2", "demo", eval_dir=eval_dir, **SMALL)
     assert counter["completions"] == 3  # only what was lost
     after = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
@@ -457,3 +461,152 @@ def test_evaluate_rejects_bad_arguments_before_work(tmp_path):
     with pytest.raises(ValueError, match="backend"):
         ev.evaluate("demo", "demo", eval_dir=tmp_path, backend="tpu")
     assert not (tmp_path / ev.COMPLETIONS_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------ crash safety
+@pytest.mark.slow
+def test_damaged_manifest_names_the_file_and_the_stale_move_survives_a_kill(tiny_run, tmp_path, monkeypatch):
+    eval_dir = tmp_path / "eval"
+    ckpt = tiny_run / "checkpoint-2"
+    ev.evaluate(ckpt, "demo", eval_dir=eval_dir, **SMALL)
+    manifest = eval_dir / ev.MANIFEST_FILE
+    good = manifest.read_text()
+    assert not list(eval_dir.glob(".*.tmp"))  # written through a temporary file, which is gone
+    manifest.write_text(good[: len(good) // 2])  # a truncated manifest (the old non-atomic write)
+    with pytest.raises(ValueError, match=f"{manifest} is not valid JSON"):
+        ev.evaluate(ckpt, "demo", eval_dir=eval_dir, **SMALL)
+    manifest.write_text(good)
+    before = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
+
+    # other settings: the old records are set aside; kill the process between the set-aside append and
+    # the replacement of completions.jsonl, then run again
+    import openrs_nb.evaluate as evaluate_module
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(evaluate_module, "write_text_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(ckpt, "demo", eval_dir=eval_dir, **{**SMALL, "max_new_tokens": 3})
+    monkeypatch.undo()
+    ev.evaluate(ckpt, "demo", eval_dir=eval_dir, **{**SMALL, "max_new_tokens": 3})
+    aside = ev.read_records(eval_dir / ev.STALE_FILE)
+    assert sorted(map(ev.record_key, aside)) == sorted(map(ev.record_key, before))  # each record once
+    assert all(r["settings"]["max_new_tokens"] == 4 and r["fingerprint"] and "sampled with" in r["set_aside_because"]
+               for r in aside)
+    now = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
+    assert len(now) == 6 and all(r["num_tokens"] <= 3 for r in now)
+    assert json.loads(manifest.read_text())["entries"][f"{ev._path_label(tiny_run)}@2"]["settings"]["max_new_tokens"] == 3
+
+
+# ------------------------------------------------------------------------------------------------ the paper's metric
+def test_rule_for_each_benchmark():
+    assert [ev.rule_for(b) for b in ev.PAPER_BENCHMARKS] == ["paper_expr", "paper_latex", "paper_expr",
+                                                             "paper_latex", "paper_latex"]
+    assert ev.rule_for("math500", "reward") == "reward"
+    with pytest.raises(ValueError, match="reward"):
+        ev.rule_for("math500", "lighteval")
+
+
+@needs_data
+def test_gold_raw_is_what_the_papers_metric_parsed():
+    math500 = ev.load_benchmark("math500", BENCH_DIR, limit=3)
+    rows = [json.loads(line) for line in open(BENCH_DIR / "math500.jsonl")][:3]
+    assert [it["gold_raw"] for it in math500] == [r["solution"] for r in rows]  # the whole solution
+    olymp = {it["gold"]: it for it in ev.load_benchmark("olympiadbench", BENCH_DIR)}
+    assert olymp["69,84"]["gold_raw"] == "$69$,$84$"
+    assert ev.load_benchmark("aime24", BENCH_DIR, limit=1)[0]["gold_raw"] == "204"
+    assert ev.load_benchmark("amc23", BENCH_DIR, limit=1)[0]["gold_raw"] == "27"
+
+
+def test_score_records_by_hand():
+    records = [{**rec("a", 0, None, bench="aime24"), "completion": "46 + 96 = 142", "gold": "142", "gold_raw": "142"},
+               {**rec("b", 0, None, bench="aime24"), "completion": "so \\boxed{142}", "gold": "142", "gold_raw": "142"},
+               {**rec("c", 0, None, bench="math500"), "completion": "It is 3.14159", "gold": "\\pi",
+                "gold_raw": "Hence $\\boxed{\\pi}$."}]
+    ev.score_records(records, "paper")
+    assert [(r["rule"], r["correct"], r["correct_reward"]) for r in records] == [
+        ("paper_expr", True, False), ("paper_expr", True, True), ("paper_latex", True, False)]
+    ev.score_records(records, "reward")
+    assert [(r["rule"], r["correct"], r["correct_reward"]) for r in records] == [
+        ("reward", False, False), ("reward", True, True), ("reward", False, False)]
+
+
+# ------------------------------------------------------------------------------------------------ vLLM in chunks
+class CountingVLLM(FakeVLLM):
+    """FakeVLLM that counts engines and generate calls, answers without a box, and can crash."""
+
+    def __init__(self, tokenizer, crash_on_call=None):
+        super().__init__(tokenizer)
+        self.engines, self.calls, self.crash_on_call = 0, [], crash_on_call
+        fake, base = self, self.module.LLM
+
+        class LLM(base):
+            def __init__(self, model, seed):
+                super().__init__(model, seed)
+                fake.engines += 1
+
+            def generate(self, texts, params):
+                fake.calls.append(len(texts))
+                if len(fake.calls) == fake.crash_on_call:
+                    raise RuntimeError("CUDA error: the GPU fell over")
+                outs = super().generate(texts, params)
+                for out in outs:
+                    for o in out.outputs:
+                        o.text = o.text.replace("so \\boxed{", "the sum is ").rstrip("}")
+                return outs
+
+        self.module.LLM = LLM
+
+
+@pytest.mark.slow
+def test_vllm_evaluation_runs_in_chunks_and_resumes_after_a_crash(tiny_run, tmp_path, monkeypatch):
+    import openrs_nb.generation as generation
+    from openrs_nb.models import load_tokenizer
+
+    ckpt = tiny_run / "checkpoint-2"
+    monkeypatch.setattr(generation, "_VLLM_ENGINES", {})
+    fake = CountingVLLM(load_tokenizer(str(ckpt)), crash_on_call=3)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setattr(ev, "VLLM_CHUNK_COMPLETIONS", 4)  # 2 samples per problem: chunks of 2 prompts
+    args = dict(eval_dir=tmp_path, backend="vllm", num_workers=0, n_problems=5, n_samples=2, progress=False)
+    with pytest.raises(RuntimeError, match="GPU fell over"):
+        ev.evaluate(ckpt, "demo", **args)
+    assert fake.calls == [2, 2, 1] and fake.engines == 1  # one engine, reused across chunks
+    assert len(ev.read_records(tmp_path / ev.COMPLETIONS_FILE)) == 8  # the two finished chunks were kept
+    fake.crash_on_call = None
+    rows = ev.evaluate(ckpt, "demo", **args)
+    assert fake.calls[3:] == [1]  # only the lost problem is generated again
+    records = ev.read_records(tmp_path / ev.COMPLETIONS_FILE)
+    assert len(records) == 10 and len({ev.record_key(r) for r in records}) == 10
+    # scored with the paper's metric: "the sum is 1" for gold 1 is right, although the reward's rule says no
+    assert all(r["rule"] == "paper_expr" and r["correct_reward"] is False for r in records)
+    assert all(r["correct"] == (r["prediction"] == r["gold"]) for r in records)
+    assert rows[0]["metric"] == "paper"
+    # the other metric re-scores the cache without generating anything
+    calls = len(fake.calls)
+    rows_reward = ev.evaluate(ckpt, "demo", **args, metric="reward")
+    assert len(fake.calls) == calls and rows_reward[0]["pass@1"] == 0.0 and rows_reward[0]["metric"] == "reward"
+    assert all(r["rule"] == "reward" for r in ev.read_records(tmp_path / ev.COMPLETIONS_FILE))
+
+
+def test_curation_cache_runs_vllm_in_chunks_and_resumes(tmp_path, monkeypatch):
+    """data.cached_generate (the difficulty and judge filters) on the vLLM backend, with the fake engine."""
+    import openrs_nb.generation as generation
+    from openrs_nb import data
+    from openrs_nb.models import load_tokenizer
+
+    monkeypatch.setattr(generation, "_VLLM_ENGINES", {})
+    monkeypatch.setattr(generation, "VLLM_CHUNK_COMPLETIONS", 6)  # n=3: chunks of 2 prompts
+    fake = CountingVLLM(load_tokenizer("demo"), crash_on_call=2)
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    problems = [f"What is {i} + 1?" for i in range(5)]
+    prompts = [[{"role": "user", "content": p}] for p in problems]
+    kw = dict(n=3, cache_path=tmp_path / "cache.jsonl", settings={"k": 3}, backend="vllm", progress=False)
+    with pytest.raises(RuntimeError, match="GPU fell over"):
+        data.cached_generate("demo", problems, prompts, **kw)
+    assert fake.calls == [2, 2] and len((tmp_path / "cache.jsonl").read_text().splitlines()) == 6
+    fake.crash_on_call = None
+    out = data.cached_generate("demo", problems, prompts, **kw)
+    assert fake.calls[2:] == [2, 1] and fake.engines == 1
+    assert [len(o) for o in out] == [3] * 5
