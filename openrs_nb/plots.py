@@ -301,9 +301,11 @@ def baseline_run(model: str) -> str | None:
 
 
 def short_name(model: Any) -> str:
-    """A legend-sized model name: the last two parts of a path ('demo/train'), a Hub id or 'demo' as is."""
+    """A legend-sized model name: the last two parts of a path ('demo/train'; three for a run's primed
+    start, 'exp1/train/format-priming'), a Hub id or 'demo' as is."""
     parts = [p for p in re.split(r"[/\\]", str(model)) if p]
-    return "/".join(parts[-2:]) if parts else str(model)
+    keep = 3 if parts and parts[-1] == "format-priming" else 2
+    return "/".join(parts[-keep:]) if parts else str(model)
 
 
 def split_baseline(results: list[dict], baseline_model: str | None = None) -> tuple[list[dict], list[dict]]:
