@@ -68,6 +68,26 @@ def test_rates_table_and_load_rates(tmp_path):
     assert "| 1 | What is" in table and "50.0% ± 10.0" in table
 
 
+def test_measure_writes_the_rates_and_says_whether_they_give_the_committed_design(tmp_path, monkeypatch, capsys):
+    """The `measure` command's bookkeeping (the sampling itself is measure_solve_rates, run for MEASURED)."""
+    seen = {}
+
+    def fake_rates(model, **kw):
+        seen.update(kw)
+        return {lv: ex.SolveRate(lv, r["rate"], r["problems"], r["samples"], r["solved_any"], r["se"])
+                for lv, r in ex.MEASURED.items()}
+
+    monkeypatch.setattr(ex, "primed_model", lambda work, seed=42: tmp_path / "format-priming")
+    monkeypatch.setattr(ex, "measure_solve_rates", fake_rates)
+    monkeypatch.setenv("OPENRS_CACHE", str(tmp_path / "cache"))
+    ex.main(["measure", "--out", str(tmp_path / "out")])
+    assert "same as the committed presets: True" in capsys.readouterr().out
+    assert seen["max_new_tokens"] == ex.LONGEST_BUDGET and seen["k"] == ex.MEASURE_SETTINGS["k"]
+    assert str(seen["cache_path"]).startswith(str(tmp_path / "cache"))
+    rates, where = ex.load_rates(tmp_path / "out" / ex.RATES_FILE)
+    assert {lv: r.rate for lv, r in rates.items()} == {lv: r["rate"] for lv, r in ex.MEASURED.items()}
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 def test_welch_and_paired_against_hand_computation():
     a, b = [0.1, 0.2, 0.3, 0.2], [0.5, 0.4, 0.6]
