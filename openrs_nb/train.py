@@ -676,9 +676,15 @@ class LaunchPlan:
         return "\n".join(lines) + "\n"
 
     def write(self) -> list[Path]:
-        """Write the files and launch.sh into output_dir (each whole or not at all); returns the paths."""
-        return [write_text_atomic(self.output_dir / rel, text)
-                for rel, text in {**self.files, "launch.sh": self.shell()}.items()]
+        """Write the files and launch.sh into output_dir (each whole or not at all; one already there with
+        the same text is left untouched, e.g. run.json on resume); returns the paths."""
+        paths = []
+        for rel, text in {**self.files, "launch.sh": self.shell()}.items():
+            path = self.output_dir / rel
+            if not (path.is_file() and path.read_text() == text):
+                write_text_atomic(path, text)
+            paths.append(path)
+        return paths
 
 
 def _env_prefix(env: dict[str, str]) -> str:

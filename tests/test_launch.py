@@ -79,7 +79,7 @@ def test_rehearsal_launch_trains_one_model_in_two_processes_and_survives_a_kill(
     first.join(60)
     assert result["rc"] != 0
     killed_at = max(_steps(out / "metrics.jsonl"))
-    run_json = (out / "run.json").read_text()
+    run_json = (out / "run.json").read_text(), (out / "run.json").stat().st_mtime_ns
 
     train.run_experiment(cfg, out, resume=True, main_process_port=port)
 
@@ -108,7 +108,7 @@ def test_rehearsal_launch_trains_one_model_in_two_processes_and_survives_a_kill(
     assert log.count(f"Saving model checkpoint to {out}/checkpoint-4\n") == 1
     assert all(train.checkpoint_missing(p, 2) for p in out.glob("incomplete-checkpoint-*"))
     # run.json was written by the launcher and never rewritten by the training processes.
-    assert (out / "run.json").read_text() == run_json
+    assert ((out / "run.json").read_text(), (out / "run.json").stat().st_mtime_ns) == run_json
     # Wall time: the killed segment counts too.
     summary = train.read_json(out / "summary.json")
     assert len(summary["segments"]) == 2 and not summary["segments"][0]["finished"]
