@@ -83,6 +83,8 @@ def expected_sizes(cfg, n_params: int, n_trainable: int, vocab: int, hidden: int
     head_tile = min(tokens, 4096) * 32768 * b
     # activations autograd keeps per layer: about 16 hidden-sized tensors and the MLP's 3 × 1536/576 wider ones
     acts = layers * tokens * hidden * b * 24
+    if cfg.gradient_checkpointing:  # each layer's input, plus one layer's activations while it is recomputed
+        acts = (layers + 24) * tokens * hidden * b
     probe_rows = cfg.num_generations * 6
     return {
         "imports": {},
@@ -178,7 +180,7 @@ def run(args) -> None:
             configs.append((lora, alloc))
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; experiment {args.exp}, {args.steps} steps; "
-          f"overrides {args.set or 'none'}; TRL log-prob tile width {args.chunk or 'TRL default'}")
+          f"overrides {args.set or 'none'}; TRL CPU log-prob tile width {args.chunk or 'openrs_nb.cpu.TRL_CPU_TILE'}")
     results = []
     for lora, alloc in configs:
         env = dict(os.environ)
