@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 EXPERIMENTS = (1, 2, 3)
 PROFILES = ("auto", "demo", "paper", "rehearsal")
@@ -566,7 +569,7 @@ def resolve_profile(profile: str, verbose: bool = True) -> str:
     chosen = "paper" if n >= PAPER_GPUS else "demo"
     if verbose:
         why = f"{n} CUDA GPU(s) visible; the paper profile needs {PAPER_GPUS}"
-        print(f"[openrs_nb] profile='auto' chose {chosen!r}: {why}.")
+        logger.info("profile='auto' chose %r: %s.", chosen, why)
     return chosen
 
 
@@ -590,8 +593,8 @@ def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> Ex
             values.update(_REHEARSAL)
         if "lora" not in overrides and memory_limit_gib() < LORA_BELOW_GIB:
             values["lora"] = True
-            print(f"[openrs_nb] {memory_limit_gib():.1f} GiB of memory: the demo trains LoRA adapters (lora=True) "
-                  f"instead of all weights; pass lora=False to override.")
+            logger.info("%.1f GiB of memory: the demo trains LoRA adapters (lora=True) instead of all weights; "
+                        "pass lora=False to override.", memory_limit_gib())
     values.update(overrides)
     cfg = ExperimentConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(cfg)

