@@ -23,6 +23,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -43,6 +44,8 @@ from openrs_nb.files import (
     write_json_atomic,
     write_text_atomic,
 )
+
+logger = logging.getLogger(__name__)
 
 # Seconds-long settings for the test suite (OPENRS_SMOKE): shows the machinery runs, not that it learns.
 SMOKE_OVERRIDES = dict(max_steps=2, save_steps=1, sft_steps=2, sft_examples=8, dataset_size=16,
@@ -360,8 +363,8 @@ def prepare_output_dir(output_dir: str | Path, resume: bool, processes: int | No
         return None
     for p in sorted(output_dir.glob("checkpoint-*")):
         if checkpoint_step(p) is not None and (missing := checkpoint_missing(p, processes)):
-            print(f"[openrs_nb] {p.name} is incomplete (missing {', '.join(missing)}; a crash while it was "
-                  f"written?): kept as {_set_aside(p, 'incomplete').name}, not resumed from")
+            logger.info("%s is incomplete (missing %s; a crash while it was written?): kept as %s, not resumed from",
+                        p.name, ", ".join(missing), _set_aside(p, "incomplete").name)
     ckpt = latest_checkpoint(output_dir, processes)
     step = checkpoint_step(ckpt) if ckpt else 0
     for name in (METRICS_FILE, COMPLETIONS_FILE):
@@ -375,8 +378,10 @@ def prepare_output_dir(output_dir: str | Path, resume: bool, processes: int | No
             kept = read_jsonl(aside) if aside.exists() else []
             write_text_atomic(aside, "".join(json.dumps(r) + "\n" for r in kept + [r for r in later if r not in kept]))
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
-    print(f"[openrs_nb] resuming from {ckpt} (step {step})" if ckpt else
-          f"[openrs_nb] resume=True but {output_dir} has no complete checkpoint: training again from step 0")
+    if ckpt:
+        logger.info("resuming from %s (step %s)", ckpt, step)
+    else:
+        logger.info("resume=True but %s has no complete checkpoint: training again from step 0", output_dir)
     return ckpt
 
 
@@ -467,7 +472,7 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool
         return out
     if out.exists():
         why = "incomplete" if not priming_complete(out) else "other-settings"
-        print(f"[openrs_nb] {out} is {why.replace('-', ' ')}: kept as {_set_aside(out, why).name}, priming again")
+        logger.info("%s is %s: kept as %s, priming again", out, why.replace("-", " "), _set_aside(out, why).name)
     if not allow_training:
         raise RuntimeError(f"{out} is missing: format priming runs in one process before a multi-process launch "
                            "(run_experiment does it); run it first")
@@ -816,7 +821,7 @@ def run_launch(plan: LaunchPlan, resume: bool = False, health_timeout: float | N
                                        f"{plan.output_dir / 'vllm.log'} ends with:\n" + "\n".join(tail))
                 try:
                     urllib.request.urlopen(plan.health_url, timeout=2)
-                    print(f"[openrs_nb] vLLM server healthy at {plan.health_url}")
+                    logger.info("vLLM server healthy at %s", plan.health_url)
                     break
                 except OSError:
                     if time.time() > deadline:
@@ -853,7 +858,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, resume: bool =
     if cfg.profile == "demo":
         if dry_run:
             check_output_dir(output_dir, resume)
-            print("[openrs_nb] dry run: the demo trains in this process; nothing to write or start")
+            logger.info("dry run: the demo trains in this process; nothing to write or start")
             return output_dir
         return train(cfg, output_dir, resume=resume)
     plan = launch_plan(cfg, output_dir, vllm_port=vllm_port, machine_rank=machine_rank,
@@ -862,7 +867,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, resume: bool =
     _check_unlocked(output_dir)
     check_output_dir(output_dir, resume)
     if dry_run:
-        print("[openrs_nb] dry run: wrote", ", ".join(str(p) for p in plan.write()))
+        logger.info("dry run: wrote %s", ", ".join(str(p) for p in plan.write()))
         return output_dir
     if cfg.use_cpu:  # rehearsal: the demo model is converted once here, not by each process at the same time
         from openrs_nb.models import resolve_model_path
