@@ -24,6 +24,19 @@ Each configuration runs in a fresh process, so allocator settings can differ:
              threshold to 32 MiB after the first large free and keeps freed tensors in its heap
 
 Targets of the demo (issue 13): LoRA ≤ 2 GiB peak, all weights ≤ 4 GiB peak.
+
+Measured (experiment 3 demo, 1 step, glibc defaults; memory does not depend on the machine's load), with
+TRL's CPU log-prob tiles at openrs_nb.cpu.TRL_CPU_TILE and the priming trainer freed:
+
+    peak MiB            imports  data  probe  priming  trainer  step 1   peak
+    all weights            350   492   1153     3668      608    5185   5.06 GiB
+    LoRA                   350   490   1161     3770      603    7685   7.50 GiB
+    all weights + --set gradient_checkpointing=true   ...     3600      517    3114   3.52 GiB
+    LoRA + --set gradient_checkpointing=true          ...     3787      506    3661   3.70 GiB
+
+Before those two changes both step-1 runs were killed by the kernel's OOM killer on this shared machine
+(all weights at 4.9 GB anonymous memory, LoRA at 5.2 GB). Format priming (a full-weight AdamW SFT) peaks
+near 3.7 GB in every configuration, so the LoRA demo cannot reach 2 GiB while it primes all weights.
 """
 
 from __future__ import annotations
