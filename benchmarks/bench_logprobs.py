@@ -151,8 +151,8 @@ def main() -> None:
                       f"{r['peak_extra'] / naive['peak_extra']:>8.1%} {med:>9.2f} {med / naive_med:>8.2f}× "
                       f"{diff.max().item():>9.1e} {rel.max().item():>10.1e} {r['fp64_err']:>9.1e}")
                 if r["peak_before"] - r["baseline_rss"] > 0.05 * r["logits_bytes"]:
-                    print(f"   note: {v} had a high-water mark {r['peak_before'] - r['baseline_rss']:,} bytes above its "
-                          "baseline before the timed calls; its peak extra may be understated")
+                    print(f"   note: {v} had a high-water mark {r['peak_before'] - r['baseline_rss']:,} bytes above "
+                          "its baseline before the timed calls; its peak extra may be understated")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -287,8 +288,8 @@ def resolve_models(model: str | os.PathLike | Iterable, steps: Iterable[int] | N
     if not p.exists() and not p.is_absolute() and project_path(name).exists():
         p = project_path(name)
     if p.is_dir():
-        ckpts = sorted(((int(m.group(1)), c) for c in p.iterdir()
-                        if (m := _CKPT_RE.fullmatch(c.name)) and c.is_dir() and _is_model_dir(c)))
+        ckpts = sorted((int(m.group(1)), c) for c in p.iterdir()
+                       if (m := _CKPT_RE.fullmatch(c.name)) and c.is_dir() and _is_model_dir(c))
         if ckpts:
             wanted = None if steps is None else {int(s) for s in steps}
             found = [ModelSpec(_path_label(p), s, str(c)) for s, c in ckpts if wanted is None or s in wanted]

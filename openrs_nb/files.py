@@ -13,8 +13,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:

@@ -7,7 +7,8 @@ for each prompt, `n` dicts `{"text": str, "num_tokens": int, "truncated": bool}`
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 BACKENDS = ("auto", "transformers", "vllm")
 # Callers that cache what they generate (evaluation, curation filters) call vLLM with about this many

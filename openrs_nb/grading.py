@@ -419,7 +419,8 @@ def grade_batch(
     predictions, golds = list(predictions), list(golds)
     if len(predictions) != len(golds):
         raise ValueError(f"got {len(predictions)} predictions but {len(golds)} gold answers; they must pair up")
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1):
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 1):
         raise ValueError(f"num_workers={num_workers!r} must be a positive integer or None")
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} is not a grading rule; choose one of {', '.join(RULES)}")

@@ -20,7 +20,8 @@ and the defaults `importance_sampling_level="token"`, `epsilon_high=None`, `delt
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -282,7 +283,8 @@ def completion_batch(
     `add_eos`, each completion ends with the tokenizer's eos token, like a finished sampled completion.
     """
     if len(prompts) != len(completions) or not prompts:
-        raise ValueError(f"need one prompt per completion, got {len(prompts)} prompts and {len(completions)} completions")
+        raise ValueError(f"need one prompt per completion, got {len(prompts)} prompts and "
+                         f"{len(completions)} completions")
     texts = [
         p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
         for p in prompts

@@ -16,7 +16,8 @@ def injected_names(namespace: dict, defined: set[str]) -> set[str]:
     return {n for n in set(namespace) - set(defined) if not n.startswith("_")}
 
 
-def check_parameter_names(namespace: dict, defined: set[str], valid: Iterable[str], extra_valid: Iterable[str] = ()) -> set[str]:
+def check_parameter_names(namespace: dict, defined: set[str], valid: Iterable[str],
+                          extra_valid: Iterable[str] = ()) -> set[str]:
     """Raise ValueError naming each injected name that is not a parameter, and the valid ones.
 
     `valid`: the notebook's parameters; `extra_valid`: further accepted names (e.g. config fields

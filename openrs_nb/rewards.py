@@ -24,7 +24,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from openrs_nb.grading import grade_batch
 
@@ -92,7 +92,9 @@ def _grade_all(texts: list[str], solution: list, reward_name: str, log_metric=No
 
     Under TRL the count also goes to the training logs as `rewards/<reward_name>/unparseable_gold`.
     """
-    usable = lambda g: g is None or (isinstance(g, (str, int, float)) and not isinstance(g, bool))
+    def usable(g):
+        return g is None or (isinstance(g, (str, int, float)) and not isinstance(g, bool))
+
     odd = sorted({type(g).__name__ for g in solution if not usable(g)})
     if odd:  # one malformed row must not stop a training run: it is an unusable gold like any other
         logger.warning("%s: gold answers of type %s are not gradable; they count as unparseable", reward_name, odd)
@@ -322,7 +324,8 @@ def script_counts(text: str, notation: bool = False) -> Counter:
     """Letters of `text` per script; notation letters (NOTATION_SCRIPTS) only when `notation`."""
     latin = len(_ASCII_LETTERS.findall(text))  # fast path: ASCII letters are all Latin
     counts = Counter({"LATIN": latin} if latin else {})
-    counts.update(s for s in map(letter_script, _NON_ASCII.findall(text)) if s and (notation or s not in NOTATION_SCRIPTS))
+    counts.update(s for s in map(letter_script, _NON_ASCII.findall(text))
+                  if s and (notation or s not in NOTATION_SCRIPTS))
     return counts
 
 
@@ -376,7 +379,8 @@ REWARDS: dict[str, Callable[..., RewardFunc]] = {
     "format": lambda format_mode="prefilled_think", **_: _named(format_reward, "format", format_mode=format_mode),
     "accuracy": lambda **_: _named(accuracy_reward, "accuracy"),
     "cosine": lambda cosine_max_len=1000, **_: _named(get_cosine_scaled_reward(max_len=cosine_max_len), "cosine"),
-    "tag_count": lambda format_mode="prefilled_think", **_: _named(tag_count_reward, "tag_count", format_mode=format_mode),
+    "tag_count": lambda format_mode="prefilled_think", **_: _named(tag_count_reward, "tag_count",
+                                                                   format_mode=format_mode),
     "repetition": lambda **_: _named(get_repetition_penalty_reward(), "repetition"),
     "language": lambda **_: _named(language_reward, "language"),
 }

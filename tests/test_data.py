@@ -11,6 +11,7 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from openrs_nb import data
 
+
 # -------------------------------------------------------------------------------------------------
 # Helpers
 # -------------------------------------------------------------------------------------------------
@@ -33,7 +34,8 @@ def test_demo_dataset_is_pinned_and_its_answers_are_right():
     ds = data.make_demo_dataset(5, seed=0)
     assert ds["problem"] == ["What is 6 + 47?", "What is 69 - 13?", "What is 5 \\times 9 + 10?",
                              "Chloe has 23 marbles and buys 27 more. How many marbles does Chloe have now?",
-                             "Dev has 7 boxes with 10 books in each box and gives away 5 books. How many books are left?"]
+                             "Dev has 7 boxes with 10 books in each box and gives away 5 books. "
+                             "How many books are left?"]
     assert ds["answer"] == ["53", "56", "55", "50", "65"]
     assert data.make_demo_dataset(3, seed=0, split="test")["problem"] == [
         "What is 95 + 69?", "What is 21 - 18?", "What is 2 \\times 2 + 18?"]
@@ -358,7 +360,8 @@ def test_naive_ngram_matching_flags_boilerplate_and_the_default_does_not():
 
 
 def test_text_tokens_ignore_formatting_but_keep_operators():
-    assert data.text_tokens("Find $x,$ if  $x\\,=\\,\\dfrac{1}{2}$.") == data.text_tokens("find $x$, if $x = \\frac{1}{2}.$")
+    assert (data.text_tokens("Find $x,$ if  $x\\,=\\,\\dfrac{1}{2}$.")
+            == data.text_tokens("find $x$, if $x = \\frac{1}{2}.$"))
     assert data.text_tokens("$1 + 2 + \\cdots + 9$") == data.text_tokens("$1+2+\\dots+9$") == \
         ["1", "+", "2", "+", "dots", "+", "9"]
     assert data.text_tokens("12 + 7") != data.text_tokens("12 - 7")

@@ -496,7 +496,8 @@ def test_damaged_manifest_names_the_file_and_the_stale_move_survives_a_kill(tiny
                for r in aside)
     now = ev.read_records(eval_dir / ev.COMPLETIONS_FILE)
     assert len(now) == 6 and all(r["num_tokens"] <= 3 for r in now)
-    assert json.loads(manifest.read_text())["entries"][f"{ev._path_label(tiny_run)}@2"]["settings"]["max_new_tokens"] == 3
+    entry = json.loads(manifest.read_text())["entries"][f"{ev._path_label(tiny_run)}@2"]
+    assert entry["settings"]["max_new_tokens"] == 3
 
 
 # ------------------------------------------------------------------------------------------------ the paper's metric

@@ -226,7 +226,8 @@ def test_grader_recovers_after_timeout_and_stays_fast():
 
 def test_batch_mixes_pathological_and_normal_items():
     grading.clear_cache()
-    preds = ["\\boxed{1}", PATHOLOGICAL["power tower"], "\\boxed{\\frac{1}{2}}", PATHOLOGICAL["deep nesting"], "\\boxed{4}"]
+    preds = ["\\boxed{1}", PATHOLOGICAL["power tower"], "\\boxed{\\frac{1}{2}}", PATHOLOGICAL["deep nesting"],
+             "\\boxed{4}"]
     golds = ["1", "42", "0.5", "42", "5"]
     t = time.perf_counter()
     out = grade_batch(preds, golds, timeout=0.5, num_workers=2, detailed=True)

@@ -269,14 +269,16 @@ def batch(tokenizer):
 
 def test_completion_batch_layout(tokenizer, batch):
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    p_ids, p_mask, c_ids, c_mask = (batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
+    p_ids, p_mask, c_ids, c_mask = (batch[k] for k in
+                                    ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"))
     assert p_ids.shape == p_mask.shape and c_ids.shape == c_mask.shape
     # prompts: left padding; q2's template renders longer than q1's
     assert (p_mask[:, -1] == 1).all() and (p_ids[p_mask == 0] == pad).all()
     assert tokenizer.decode(p_ids[0][p_mask[0].bool()]).endswith("<|im_start|>assistant\n")
     # completions: right padding, each ends with eos, and the mask covers exactly text + eos
     lengths = c_mask.sum(1)
-    for i, text in enumerate(["\\boxed{12}", "Let me add: 7 + 5 = 13, so \\boxed{13}", "It is 12, \\boxed{12}", "\\boxed{7}"]):
+    texts = ["\\boxed{12}", "Let me add: 7 + 5 = 13, so \\boxed{13}", "It is 12, \\boxed{12}", "\\boxed{7}"]
+    for i, text in enumerate(texts):
         assert lengths[i] == len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
         assert c_ids[i, lengths[i] - 1] == eos
         assert (c_mask[i, : lengths[i]] == 1).all() and (c_mask[i, lengths[i]:] == 0).all()

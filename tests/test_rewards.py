@@ -31,7 +31,8 @@ def conv(*texts):
 
 def trl_kwargs(n, solution, **columns):
     """What GRPOTrainer passes besides completions (trl 1.16 `_calculate_rewards`)."""
-    prompt = [{"role": "system", "content": "Think, then answer in \\boxed{}."}, {"role": "user", "content": "What is 12 + 35?"}]
+    prompt = [{"role": "system", "content": "Think, then answer in \\boxed{}."},
+              {"role": "user", "content": "What is 12 + 35?"}]
     metrics = {}
     kw = dict(
         prompts=[prompt] * n,
