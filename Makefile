@@ -60,8 +60,8 @@ experiments: $(STAMP)
 		     eval_dir: [$(CURDIR)/$(EXP_DIR)/exp1/eval, $(CURDIR)/$(EXP_DIR)/exp2/eval, $(CURDIR)/$(EXP_DIR)/exp3/eval]}"
 	@echo; echo "Done. 06 side by side: $(EXP_DIR)/06_results.ipynb   figures: $(EXP_DIR)/figures/06_*.png"
 
-## make test: unit tests + every notebook under nbval in its quick (smoke) setting
-test: $(STAMP)
+## make test: the linter, then unit tests + every notebook under nbval in its quick (smoke) setting
+test: $(STAMP) lint
 	rm -rf runs/smoke
 	OPENRS_SMOKE=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax tests notebooks
 
