@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
+# The experiment `make demo` trains (04 only): exp 2, the 3:3:1 mix with accuracy + format rewards. Exp 3's
+# cosine reward makes the demo model collapse to near-empty answers (see 04 section 7 and 06).
+DEMO_EXP ?= 2
 # CPU-only torch: use PyTorch's CPU index when it is reachable (elsewhere a local CPU wheel must be found).
 TORCH_INDEX := $(shell curl -s -m 5 -o /dev/null -w '%{http_code}' https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null | grep -q 200 && echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
@@ -31,7 +34,8 @@ demo: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	@set -e; for nb in notebooks/[0-9]*.ipynb; do \
 		echo "=== $$nb"; \
-		$(PY) -m papermill --cwd notebooks --progress-bar $$nb $(RUN_DIR)/$$(basename $$nb) -p run_dir $(CURDIR)/$(RUN_DIR); \
+		extra=$$([ $$(basename $$nb) = 04_train.ipynb ] && echo "-p exp $(DEMO_EXP)"); \
+		$(PY) -m papermill --cwd notebooks --progress-bar $$nb $(RUN_DIR)/$$(basename $$nb) -p run_dir $(CURDIR)/$(RUN_DIR) $$extra; \
 	done
 	@echo; echo "Done. Executed notebooks: $(RUN_DIR)/*.ipynb   figures: $(RUN_DIR)/figures/*.png"
 	@echo "Training run: $(RUN_DIR)/train (metrics.jsonl, checkpoints)   evaluation: $(RUN_DIR)/eval"
