@@ -46,8 +46,10 @@ def _execute(base, token, kernel_id, code):
             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True},
         }))
-        stdout, status = "", None
-        while status is None:
+        # The reply comes on the shell channel, the printed text on iopub: the two may arrive in either order.
+        # iopub's "idle" status for our request comes after all of its output, so wait for both.
+        stdout, status, idle = "", None, False
+        while status is None or not idle:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -55,6 +57,8 @@ def _execute(base, token, kernel_id, code):
                 stdout += msg["content"]["text"]
             elif msg["msg_type"] == "execute_reply":
                 status = msg["content"]["status"]
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
         return stdout, status
     finally:
         ws.close()
