@@ -68,6 +68,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the result should read like any other file written here
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
