@@ -1,6 +1,5 @@
-"""openrs_nb.files: atomic writes leave a whole file or none; the JSONL reader survives a crash mid-line."""
+"""openrs_nb.files: atomic writes leave a whole file or none (the JSONL reader is tested through plots.read_metrics)."""
 
-import json
 import os
 import stat
 
@@ -24,14 +23,3 @@ def test_read_json_names_a_damaged_file(tmp_path):
     with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
         files.read_json(path)
 
-
-def test_jsonl_reader_skips_a_cut_last_line_and_names_a_corrupt_middle_one(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    files.append_jsonl(path, [{"step": 1}, {"step": 2}])
-    with open(path, "a") as f:
-        f.write('{"step": 3, "loss"')  # a crash mid-write
-    with pytest.warns(RuntimeWarning, match="line 3"):
-        assert [r["step"] for r in files.read_jsonl(path)] == [1, 2]
-    path.write_text(json.dumps({"step": 1}) + "\n{oops\n" + json.dumps({"step": 3}) + "\n")
-    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not valid JSON"):
-        files.read_jsonl(path)
