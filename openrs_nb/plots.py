@@ -79,7 +79,7 @@ EXTRA_PANELS: dict[str, tuple[str, str]] = {
     "accuracy": ("accuracy (graded from completions.jsonl)", "share of completions correct"),
     "completions/clipped_ratio": ("clipped at the completion budget", "share of completions truncated"),
     "frac_reward_zero_std": ("groups with zero reward variance", "share of groups (teach nothing)"),
-    "reward_std": ("reward std within the step", "std of the total reward"),
+    "reward_std": ("reward std over the step (all groups together)", "std of the total reward"),
 }
 BANDS: dict[str, tuple[str, str]] = {"completions/mean_length": ("completions/min_length", "completions/max_length")}
 """Panels drawn with a shaded band: key -> (lower key, upper key), e.g. the length's min–max spread."""
