@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from openrs_nb.config import project_path, project_root
-from openrs_nb.files import read_json, read_jsonl, write_json_atomic, write_text_atomic
+from openrs_nb.files import append_jsonl, read_json, read_jsonl, repair_jsonl_tail, write_json_atomic, write_text_atomic
 from openrs_nb.generation import VLLM_CHUNK_COMPLETIONS
 
 logger = logging.getLogger(__name__)
@@ -471,49 +471,21 @@ def record_key(r: dict) -> tuple:
 def read_records(path: str | os.PathLike, repair: bool = False) -> list[dict]:
     """Records of an evaluation's completions.jsonl (or a part file); [] when the file does not exist.
 
-    The reader for everything that reads evaluation records (05, 06): a last line cut short by a crash
-    is dropped with a warning (and, with `repair`, cut off the file so that appends start on a fresh
-    line); a bad line before the end raises ValueError naming file and line."""
+    files.iter_jsonl reads them: a last line cut short by a crash is dropped with a warning, a bad line
+    before the end raises ValueError naming file and line. With `repair` the cut-short line is also
+    removed from the file, so that appends start on a fresh line (files.repair_jsonl_tail)."""
     path = Path(path)
     if not path.is_file():
         return []
-    data = path.read_bytes()
-    records, pos, lineno = [], 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        end = len(data) if nl == -1 else nl + 1
-        line = data[pos:end]
-        lineno += 1
-        if line.strip():
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError:  # JSONDecodeError is a ValueError
-                if data[end:].strip():
-                    raise ValueError(f"{path}: line {lineno} is not a valid JSON record and is not the last "
-                                     "line: the file is corrupt, not just cut short by a crash") from None
-                warnings.warn(f"{path}: dropped line {lineno}, an incomplete last line (a run stopped mid-write)",
-                              RuntimeWarning, stacklevel=2)
-                if repair:
-                    with open(path, "r+b") as f:
-                        f.truncate(pos)
-                return records
-            records.append(row)
-        pos = end
-    if repair and data and not data.endswith(b"\n"):
-        with open(path, "ab") as f:  # a complete last record that lost only its newline
-            f.write(b"\n")
+    records = read_jsonl(path)
+    if repair:
+        repair_jsonl_tail(path)
     return records
 
 
 def append_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Append records as JSON lines, flushing after each one and syncing to disk at the end."""
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-        os.fsync(f.fileno())
+    """Append records as JSON lines and sync them to disk (files.append_jsonl)."""
+    append_jsonl(path, records)
 
 
 def shard_work(work: Sequence, num_shards: int) -> list[list]:

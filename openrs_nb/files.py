@@ -53,11 +53,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return list(iter_jsonl(path))
 
 
+def repair_jsonl_tail(path: str | Path) -> None:
+    """Make a JSONL file safe to append to after a crash: cut off a half-written last line, or end a
+    complete last line that lost only its newline. Whole lines are never touched."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        complete = isinstance(json.loads(data[start:]), dict)
+    except ValueError:
+        complete = False
+    with open(path, "r+b") as f:
+        if complete:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(start)
+
+
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """Append rows, one JSON object per line, and fsync: what was logged survives a crash."""
     with open(path, "a", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps(r) + "\n")
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
