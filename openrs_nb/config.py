@@ -281,7 +281,8 @@ class ExperimentConfig:
     gradient_checkpointing: bool = True
     """Recompute activations in backward to save memory (Table 5, use_reentrant False)."""
     bf16: bool = True
-    """bfloat16 mixed precision (Table 5); off on CPU."""
+    """bfloat16 mixed precision (Table 5). On CPU (demo): autocast over fp32 weights for the training
+    passes and a bf16 copy of the weights for sampling, only on CPUs with bf16 instructions."""
     seed: int = 42
     """Random seed (Table 5)."""
 
@@ -494,7 +495,7 @@ _DEMO: dict[str, Any] = dict(
     per_device_train_batch_size=16,
     gradient_accumulation_steps=1,
     gradient_checkpointing=True,  # Table 5's value; peak memory of a demo step 5.1 -> 3.5 GiB (bench_demo_memory.py)
-    bf16=False,
+    bf16=False,  # load_experiment turns it on for the demo where the CPU has bf16 instructions (openrs_nb.cpu)
     num_generations=4,
     max_prompt_length=256,
     max_completion_length=64,
@@ -591,6 +592,14 @@ def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> Ex
         values.update(_DEMO_EXPERIMENTS[exp])
         if profile == "rehearsal":
             values.update(_REHEARSAL)
+        if profile == "demo" and "bf16" not in overrides:
+            from openrs_nb.cpu import has_fast_bf16
+
+            values["bf16"] = has_fast_bf16()
+            logger.info("bf16=%s: this CPU %s bf16 instructions%s; pass bf16=%s to override.", values["bf16"],
+                        "has" if values["bf16"] else "has no",
+                        " (bf16 autocast for training, a bf16 copy for sampling)" if values["bf16"] else "",
+                        not values["bf16"])
         if "lora" not in overrides and memory_limit_gib() < LORA_BELOW_GIB:
             values["lora"] = True
             logger.info("%.1f GiB of memory: the demo trains LoRA adapters (lora=True) instead of all weights; "
@@ -667,7 +676,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if bad:
         raise ValueError(f"unknown reward(s) {bad}; choose from {', '.join(sorted(REWARDS))}")
     if cfg.bf16 and cfg.use_cpu:
-        raise ValueError("bf16=True with use_cpu=True: CPU training here runs in fp32; set bf16 False")
+        from openrs_nb.cpu import BF16_FLAGS, has_fast_bf16
+
+        if not has_fast_bf16():
+            raise ValueError(f"bf16=True on a CPU without bf16 instructions ({', '.join(BF16_FLAGS)}): torch "
+                             "would emulate bf16 there, slower than fp32; set bf16=False")
     if cfg.use_vllm and cfg.use_cpu:
         raise ValueError("use_vllm=True needs CUDA GPUs; the CPU demo generates with transformers (use_vllm False)")
     if cfg.num_processes < 0:

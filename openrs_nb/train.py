@@ -19,6 +19,7 @@ What a run leaves in `output_dir`, written so that a crash never costs what was 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -602,6 +603,24 @@ def _grpo_trainer_class():
     from trl import GRPOTrainer
 
     class Trainer(GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._sampler, self._sampler_step = bf16_sampler(self.model, self.args), None
+
+        def _generate_single_turn(self, *args, **kwargs):
+            # Sample with the bf16 copy (CPU + bf16 only), refreshed after each optimizer step as TRL's
+            # vLLM path syncs its engine (`self.state.global_step != self._last_loaded_step`).
+            if self._sampler is None:
+                return super()._generate_single_turn(*args, **kwargs)
+            if self._sampler_step != self.state.global_step:
+                self._sampler.load_state_dict(self.model.state_dict())  # copies, casting to bf16
+                self._sampler_step = self.state.global_step
+            trained, self.model_wrapped = self.model_wrapped, self._sampler
+            try:
+                return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                self.model_wrapped = trained
+
         def _load_optimizer_and_scheduler(self, checkpoint):
             if checkpoint is None or self.args.world_size == 1 or self.args.device.type != "cpu":
                 return super()._load_optimizer_and_scheduler(checkpoint)
@@ -611,6 +630,31 @@ def _grpo_trainer_class():
 
     Trainer.__name__ = Trainer.__qualname__ = "GRPOTrainer"
     return Trainer
+
+
+def bf16_sampler(model, args):
+    """A bfloat16 copy of `model` to sample rollouts with on CPU under `bf16=True`, else None.
+
+    On CPU, bf16 means autocast over fp32 weights for the training passes (TRL/accelerate), but
+    transformers' generate runs outside that autocast, in fp32. Sampling is the largest piece of a CPU
+    step (benchmarks/bench_demo_step.py), and a bf16 copy (half the bytes to read per token, bf16
+    matmuls) samples faster. The paper's runs split the work the same way: vLLM samples in bf16 while
+    the trained model computes the log-probs and the loss, so the samples come from a copy of the policy.
+    LoRA keeps fp32 sampling (the copy would need the adapter merged after every step).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (args.bf16 and args.use_cpu) or hasattr(model, "peft_config"):
+        return None
+    # Built from the config, not deepcopied: the trainer patches the policy's `forward` (closures that a
+    # deepcopy would share), and gradient checkpointing turns its KV cache off.
+    config = copy.deepcopy(model.config)
+    config.use_cache = True
+    sampler = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                               attn_implementation=model.config._attn_implementation)
+    sampler.generation_config = copy.deepcopy(model.generation_config)
+    return sampler.eval().requires_grad_(False)
 
 
 def write_grpo_config(args, path: str | Path) -> Path:

@@ -410,3 +410,45 @@ def test_two_grpo_steps_on_the_demo_model_write_metrics_and_checkpoints(tmp_path
                            max_completion_length=16, dataset_size=16)
     train.train(more, tmp_path, resume=True)
     assert [r["step"] for r in train.read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_the_bf16_sampler_is_a_bf16_copy_with_its_own_forward_and_kv_cache():
+    import types
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, use_cache=False)
+    model = LlamaForCausalLM(config)
+    model.forward = types.MethodType(lambda self, *a, **k: 1 / 0, model)  # as a trainer's patch would
+    cpu_bf16 = types.SimpleNamespace(bf16=True, use_cpu=True)
+    assert train.bf16_sampler(model, types.SimpleNamespace(bf16=False, use_cpu=True)) is None
+    assert train.bf16_sampler(model, types.SimpleNamespace(bf16=True, use_cpu=False)) is None
+    model.peft_config = {"default": None}  # LoRA keeps fp32 sampling
+    assert train.bf16_sampler(model, cpu_bf16) is None
+    del model.peft_config
+
+    sampler = train.bf16_sampler(model, cpu_bf16)
+    sampler.load_state_dict(model.state_dict())
+    assert sampler.dtype == torch.bfloat16 and sampler.config.use_cache and not sampler.training
+    assert not any(p.requires_grad for p in sampler.parameters())
+    assert sampler.lm_head.weight.data_ptr() == sampler.model.embed_tokens.weight.data_ptr()  # still tied
+    for name, low in sampler.state_dict().items():
+        assert torch.equal(low, model.state_dict()[name].to(torch.bfloat16)), name
+
+    ids = torch.randint(0, 96, (3, 7))
+    with torch.no_grad():
+        full = LlamaForCausalLM.forward(model, input_ids=ids).logits
+        low = sampler(input_ids=ids).logits.float()  # its own forward, not the patched one
+    assert (low - full).abs().max() < 0.05 * full.abs().max()
+    out = sampler.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (3, 12)
+
+    # a weight update reaches the copy on the next load (what the trainer does once per optimizer step)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    sampler.load_state_dict(model.state_dict())
+    assert torch.equal(sampler.model.layers[0].mlp.up_proj.weight,
+                       model.model.layers[0].mlp.up_proj.weight.to(torch.bfloat16))
