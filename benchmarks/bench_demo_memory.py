@@ -13,30 +13,54 @@ Each stage's peak is the process's resident high-water mark (VmHWM), reset at th
 (`echo 5 > /proc/self/clear_refs`); "after" is the resident set (VmRSS) once the stage is over.
 Each configuration runs in a fresh process, so allocator settings can differ:
 
-    .venv/bin/python benchmarks/bench_demo_memory.py                          # full and LoRA, glibc defaults
-    .venv/bin/python benchmarks/bench_demo_memory.py --alloc default,arena2,jemalloc --lora both
+    .venv/bin/python benchmarks/bench_demo_memory.py                          # full and LoRA, exp 2
+    .venv/bin/python benchmarks/bench_demo_memory.py --alloc default,glibc,arena2,jemalloc,mmap1m --lora on
 
-  default    glibc malloc as the system sets it (up to 8 arenas per core)
+  default    as openrs_nb sets it: under LoRA (cfg.lora) format priming and train() make glibc mmap every
+             block ≥ 1 MiB (openrs_nb.cpu.mmap_large_allocations); all-weights runs keep glibc's defaults
+  glibc      OPENRS_MMAP_THRESHOLD=0: glibc's defaults under LoRA too (up to 8 arenas per core; the mmap
+             threshold rises to 32 MiB after the first large free, and freed tensors stay in its heap)
   arena2     MALLOC_ARENA_MAX=2
   jemalloc   LD_PRELOAD of libjemalloc.so.2 (apt install libjemalloc2), where installed
-  mmap1m     MALLOC_MMAP_THRESHOLD_=1048576: blocks ≥ 1 MiB (every weight, activation and gradient of
-             the demo) are mmapped and go back to the system when freed; without it glibc raises the
-             threshold to 32 MiB after the first large free and keeps freed tensors in its heap
+  mmap1m     MALLOC_MMAP_THRESHOLD_=1048576 in the environment (what mmap_large_allocations does in-process)
+  thp        mmap1m + THP_MEM_ALLOC_ENABLE=1 (torch asks for 2 MiB pages for its large blocks: fewer faults)
 
 Targets of the demo (issue 13): LoRA ≤ 2 GiB peak, all weights ≤ 4 GiB peak.
 
-Measured (experiment 3 demo, 1 step, glibc defaults; memory does not depend on the machine's load), with
-TRL's CPU log-prob tiles at openrs_nb.cpu.TRL_CPU_TILE and the priming trainer freed:
+Measured: experiment 2 demo (04's default), 1 step, gradient checkpointing on, fp32 (--set bf16=false),
+each configuration a fresh process on one core (OMP_NUM_THREADS=1 taskset -c 1):
 
-    peak MiB            imports  data  probe  priming  trainer  step 1   peak
-    all weights            350   492   1153     3668      608    5185   5.06 GiB
-    LoRA                   350   490   1161     3770      603    7685   7.50 GiB
-    all weights + --set gradient_checkpointing=true   ...     3600      517    3114   3.52 GiB
-    LoRA + --set gradient_checkpointing=true          ...     3787      506    3661   3.70 GiB
+    .venv/bin/python benchmarks/bench_demo_memory.py --exp 2 --steps 1 --lora on --alloc ... [--set bf16=false]
 
-Before those two changes both step-1 runs were killed by the kernel's OOM killer on this shared machine
-(all weights at 4.9 GB anonymous memory, LoRA at 5.2 GB). Format priming (a full-weight AdamW SFT) peaks
-near 3.7 GB in every configuration, so the LoRA demo cannot reach 2 GiB while it primes all weights.
+    peak MiB (LoRA)                imports  data  probe  priming  trainer  step 1    peak     step 1
+    before (commit b9c93ea: all-weights AdamW format priming; glibc as the system sets it)
+      default                         350   486   1136     3826      598    3444   3.74 GiB    49 s
+      arena2                          350   488   1129     3758      595    3155   3.67 GiB    51 s
+      jemalloc                        356   487   1134     3336      856    1439   3.26 GiB    60 s
+      mmap1m                          350   476   1105     3161      586    1489   3.09 GiB    71 s
+    after (LoRA format priming merged into the weights; blocks ≥ 1 MiB mmapped under LoRA)
+      default                         350   486   1137     1367      608    1550   1.51 GiB    64 s
+      glibc                           350   486   1124     2090      602    3203   3.13 GiB    48 s
+
+The LoRA step's peak above the all-weights step's (3.4 GiB here; all weights, exp 3: 3.1 GiB) was the
+allocator, not tensors: with glibc's defaults the step left 2.9 GiB resident once over, with blocks
+≥ 1 MiB mmapped 1.1 GiB. Per phase of one LoRA step (one process, one core,
+working tree of this change with bf16 autocast on, as the demo sets it on a CPU with bf16 instructions):
+
+    peak MiB / seconds            generation + old/ref log-probs   loss forward   backward    step
+    glibc defaults                        1175 / 21.1                1935 / 6.2   1980 / 12.0   40 s
+    blocks ≥ 1 MiB mmapped                1163 / 27.5                1324 / 10.4  1445 / 20.5   59 s
+    the same + THP_MEM_ALLOC_ENABLE=1     1182 / 24.5                1327 / 7.8   1450 / 16.6   49 s
+
+LoRA priming now peaks at 1.37 GiB (its model, 0.53 GiB, over the 0.6 GiB the process held before); the
+step, at 1.5 GiB, is still 0.6 GiB above the tensor estimate in its row (not broken down further).
+All-weights runs are unchanged by this (all-weights priming, glibc's defaults): 3.52 GiB peak (exp 3,
+last measured before this change). In notebook 04 itself (LoRA, bf16 autocast as the demo sets it on this
+CPU, run by papermill in a cgroup v1 with memory.limit_in_bytes 2 GiB and cpu.cfs_quota_us 100000 of
+100000, pinned to one core) the kernel's resident peak (VmRSS with the file-backed weights, sampled every
+0.2 s) was: probe 1.14 GiB, LoRA priming 1.39 GiB, the by-hand GRPO step 1.92 GiB (its reference
+log-probs taken from the policy before the update, gradient checkpointing on, completion logits only, its
+param group freed after), training steps 1-10 1.62 GiB (about 60 s a step).
 """
 
 from __future__ import annotations
@@ -103,7 +127,9 @@ def expected_sizes(cfg, n_params: int, n_trainable: int, vocab: int, hidden: int
         "imports": {},
         "data": {},
         "probe": {"weights": weights, "KV cache": 2 * layers * probe_rows * seq * kv_width * b},
-        "priming": {"weights": weights, "grads": weights, "AdamW m+v": 2 * weights},
+        # LoRA primes LoRA adapters (train.format_priming), the same count as GRPO's
+        "priming": ({"weights": weights, "grads": n_trainable * b, "AdamW m+v": 2 * n_trainable * b} if cfg.lora
+                    else {"weights": weights, "grads": weights, "AdamW m+v": 2 * weights}),
         "trainer": {"policy": weights, "reference": 0 if cfg.lora else weights},
         "step 1": {"policy+ref": weights * (1 if cfg.lora else 2), "grads": n_trainable * b,
                    "AdamW m+v": 2 * n_trainable * b, "KV cache": kv, "activations": acts, "LM-head tile": head_tile},
@@ -197,14 +223,18 @@ def run(args) -> None:
     results = []
     for lora, alloc in configs:
         env = dict(os.environ)
-        if alloc == "arena2":
+        if alloc == "glibc":
+            env["OPENRS_MMAP_THRESHOLD"] = "0"
+        elif alloc == "arena2":
             env["MALLOC_ARENA_MAX"] = "2"
         elif alloc == "jemalloc":
             env["LD_PRELOAD"] = JEMALLOC
         elif alloc == "mmap1m":
             env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+        elif alloc == "thp":
+            env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 20), THP_MEM_ALLOC_ENABLE="1")
         elif alloc != "default":
-            raise SystemExit(f"unknown allocator {alloc!r}; choose default, arena2, jemalloc, mmap1m")
+            raise SystemExit(f"unknown allocator {alloc!r}; choose default, glibc, arena2, jemalloc, mmap1m, thp")
         out = Path(args.work) / f"{'lora' if lora == 'on' else 'full'}-{alloc}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -250,10 +280,10 @@ def run(args) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--exp", type=int, default=3)
+    ap.add_argument("--exp", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="training steps (AdamW allocates its state in step 1)")
     ap.add_argument("--lora", default="both", choices=["off", "on", "both"])
-    ap.add_argument("--alloc", default="default", help="comma-separated: default, arena2, jemalloc, mmap1m")
+    ap.add_argument("--alloc", default="default", help="comma-separated: default, glibc, arena2, jemalloc, mmap1m, thp")
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent.parent / "runs" / "bench_memory"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                     help="config override, e.g. --set gradient_checkpointing=true")

@@ -75,6 +75,30 @@ def cgroup_cpu_quota() -> float | None:
     return None
 
 
+def cgroup_memory_limit() -> int | None:
+    """Bytes this process's own memory cgroup (or the tightest of its parents) may use; None when unlimited.
+
+    Reads the cgroup this process is in (/proc/self/cgroup), not the root of the cgroup mount: under
+    `systemd-run -p MemoryMax=2G`, a cgroup made by hand, or a container without a cgroup namespace the
+    root file shows the whole machine.
+    """
+    limits = []
+    for d in _own_cgroup_dirs("memory"):
+        root = Path("/sys/fs/cgroup")
+        while True:
+            for name in ("memory.max", "memory.limit_in_bytes"):  # v2, v1
+                try:
+                    text = (d / name).read_text().strip()
+                except OSError:
+                    continue
+                if text.isdigit() and int(text) < 1 << 60:  # v1 writes "unlimited" as ~2^63
+                    limits.append(int(text))
+            if d == root or root not in d.parents:
+                break
+            d = d.parent
+    return min(limits) if limits else None
+
+
 def usable_cpus() -> int:
     """Cores this process may use: its affinity mask, capped by its cgroup's CPU quota (at least 1)."""
     try:
@@ -102,6 +126,39 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator decides
         pass
+
+
+# glibc's malloc serves blocks below its mmap threshold from its heap, and raises that threshold (up to
+# 32 MiB) each time a larger mmapped block is freed; a training step's activations, gradients and log-prob
+# tiles (1-40 MiB each, freed in another order than allocated) then fragment the heap, whose freed holes
+# stay resident. Measured on one LoRA GRPO step of the exp 2 demo (benchmarks/bench_demo_memory.py, and
+# per phase in one process): peak resident 2.0-3.4 GiB with glibc's defaults (it varies with the heap's
+# history), 1.4-1.5 GiB with every block of 1 MiB or more mmapped (4 MiB: the same). The price is time:
+# each such block is page-faulted afresh, 40 s -> 59 s a step on one core (49 s with THP_MEM_ALLOC_ENABLE=1
+# in the environment, which makes torch ask for 2 MiB pages). The LoRA demo (cfg.lora, the 2 GB setting)
+# turns it on; all-weights runs keep glibc's defaults.
+MMAP_THRESHOLD = 1 << 20
+
+
+def mmap_large_allocations(threshold: int | None = None) -> bool:
+    """Make glibc mmap every block of `threshold` bytes or more (fixed: no dynamic raise), so freed tensors
+    go back to the system instead of fragmenting the heap; what MALLOC_MMAP_THRESHOLD_ does at start-up.
+
+    `threshold`: None = $OPENRS_MMAP_THRESHOLD if set, else MMAP_THRESHOLD; 0 leaves glibc's own setting.
+    Returns False where nothing was changed (threshold 0, no glibc: macOS, musl; a preloaded jemalloc
+    ignores it).
+    """
+    import ctypes
+
+    if threshold is None:
+        threshold = int(os.environ.get("OPENRS_MMAP_THRESHOLD", MMAP_THRESHOLD))
+    if threshold <= 0:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(ctypes.c_int(-3), ctypes.c_int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 # Vocabulary width of TRL's log-prob tiles on CPU. TRL 1.16 scores per-token log-probs without the full

@@ -443,10 +443,33 @@ def priming_target(solution: str, answer: str, format_mode: str) -> str:
     return f"<think>\n{reasoning}\n</think>\n<answer>\\boxed{{{answer}}}</answer>"
 
 
+# LoRA format priming (cfg.lora): the adapters start at zero (B = 0) and move the model far less per step
+# than a full-weight update at the same learning rate, so priming scales sft_learning_rate by this factor.
+# Measured on the exp 2 demo (3 steps, 24 examples; 04's probe after priming, 6 groups of 4): all weights at
+# 5e-5: SFT loss 1.26 -> 0.27, formatted 0.08, zero-variance groups 0.50. LoRA ×10: formatted 0.00 (04's
+# assert fails); ×20: loss -> 0.30, formatted 0.04, zero-variance 0.50, the closest to all weights; ×40:
+# loss -> 0.18, formatted 0.42, 0.17, but 04's first-order check of the by-hand step then misses its 10%
+# bound (11.6%); ×80: loss -> 0.31, formatted 0.04, 0.67 (too large a step).
+LORA_PRIMING_LR_SCALE = 20.0
+
+
 def _priming_settings(cfg: ExperimentConfig) -> dict:
     names = ("model_name_or_path", "sft_steps", "sft_examples", "sft_learning_rate", "seed", "format_mode",
              "system_prompt", "demo_levels", "attn_implementation", "use_cpu", "bf16")
-    return {n: getattr(cfg, n) for n in names}
+    settings = {n: getattr(cfg, n) for n in names}
+    if cfg.lora:  # a LoRA-primed model differs from an all-weights one; all-weights settings stay as they were
+        settings.update({n: getattr(cfg, n) for n in ("lora", "lora_r", "lora_alpha", "lora_dropout",
+                                                      "lora_target_modules")},
+                        lora_priming_lr_scale=LORA_PRIMING_LR_SCALE)
+    return settings
+
+
+def lora_config(cfg: ExperimentConfig):
+    """The experiment's peft LoraConfig (GRPO's adapters, and format priming's under cfg.lora)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
 
 
 def priming_complete(path: Path, cfg: ExperimentConfig | None = None) -> bool:
@@ -464,6 +487,11 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool
     priming every completion in a group scores the same, so GRPO's advantages are all zero.
     Saves the primed model to output_dir/format-priming (GRPO's policy and reference start there):
     built in a temporary folder and renamed when complete, so a crash never leaves half a model.
+
+    With cfg.lora the SFT trains LoRA adapters (at sft_learning_rate × LORA_PRIMING_LR_SCALE) instead of
+    all weights (whose gradients and AdamW state alone take 3× the weights), then merges them into the
+    weights (`merge_and_unload`): the saved model is a plain model, so GRPO's policy, its new adapters
+    and its KL reference all start from the primed weights, as without LoRA.
     """
     output_dir = Path(output_dir)
     out = output_dir / PRIMING_DIR
@@ -494,11 +522,16 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool
                                    "content": priming_target(r["solution"], r["answer"], cfg.format_mode)}]},
         remove_columns=[c for c in rows.column_names if c != "prompt"],
     )
+    if cfg.use_cpu and cfg.lora:  # the small-memory demo: freed tensors go back to the system, not into a
+        from openrs_nb.cpu import mmap_large_allocations, narrow_trl_logprob_tiles  # fragmented heap, and
+
+        mmap_large_allocations()
+        narrow_trl_logprob_tiles()  # SFTTrainer's CPU log-prob tiles narrowed as GRPO's are (openrs_nb.cpu)
     args = SFTConfig(
         output_dir=str(tmp),
         max_steps=cfg.sft_steps,
         per_device_train_batch_size=max(1, cfg.sft_examples // cfg.sft_steps),
-        learning_rate=cfg.sft_learning_rate,
+        learning_rate=cfg.sft_learning_rate * (LORA_PRIMING_LR_SCALE if cfg.lora else 1.0),
         lr_scheduler_type="constant",
         logging_steps=1,
         save_strategy="no",
@@ -508,11 +541,15 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool
         seed=cfg.seed,
         completion_only_loss=True,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_data, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_data, processing_class=tokenizer,
+                         peft_config=lora_config(cfg) if cfg.lora else None)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     loss_text = "".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses))
-    trainer.model.save_pretrained(tmp)
+    primed = trainer.model
+    if cfg.lora:  # fold the adapters into the weights: a plain model, saved as the all-weights priming is
+        primed = primed.merge_and_unload()
+    primed.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     write_text_atomic(tmp / PRIMING_LOSSES, loss_text)
     write_json_atomic(tmp / "priming.json", _priming_settings(cfg))  # last: marks the folder complete
@@ -520,7 +557,7 @@ def format_priming(cfg: ExperimentConfig, output_dir: Path, allow_training: bool
     write_text_atomic(output_dir / PRIMING_LOSSES, loss_text)  # whole file: a redo never appends twice
     # Memory: the SFT trainer, its model, gradients and AdamW state (~2 GB for the demo) sit in reference
     # cycles; free them before GRPO loads its policy and reference (benchmarks/bench_demo_memory.py).
-    del trainer, model
+    del trainer, model, primed
     from openrs_nb.cpu import release_memory
 
     release_memory()
@@ -565,16 +602,13 @@ def train(cfg: ExperimentConfig, output_dir: str | Path, resume: bool = False, c
         else:
             model = resolve_model_path(cfg.model_name_or_path)
         dataset = load_train_dataset(cfg, tokenizer)
-        peft_config = None
-        if cfg.lora:
-            from peft import LoraConfig
-
-            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                     target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+        peft_config = lora_config(cfg) if cfg.lora else None
         if cfg.use_cpu:  # memory: TRL's CPU log-prob tiles 8x narrower (see openrs_nb.cpu.TRL_CPU_TILE)
-            from openrs_nb.cpu import narrow_trl_logprob_tiles
+            from openrs_nb.cpu import mmap_large_allocations, narrow_trl_logprob_tiles
 
             narrow_trl_logprob_tiles()
+            if cfg.lora:  # the small-memory demo: large blocks mmapped (1.5 GiB step peak, not 2-3.4; 1.3-1.5x slower)
+                mmap_large_allocations()
         recorder = CompletionRecorder(cfg.reward_weights, cfg.num_generations, scale=cfg.scale_rewards)
         trainer = _grpo_trainer_class()(
             model=model,
