@@ -43,26 +43,40 @@ demo: $(STAMP)
 ## make experiments: the paper's three experiments in miniature on CPU (exp 1 hard problems, exp 2 the 3:3:1 mix and a
 ## shorter budget, exp 3 + the cosine reward): measure the solve rates, then 04 and 05 (every checkpoint) per experiment,
 ## then 06 on all three side by side. Outputs in runs/experiments/ (exp<N>/train, exp<N>/eval, figures/).
+## The three experiments are independent: `make -j3 experiments EXP_THREADS=1` runs them side by side, one torch
+## thread each (on 2 cores, three 1-thread runs get more done than one 2-thread run; never -j with 2 threads each).
 EXP_DIR ?= runs/experiments
-EXP_EVAL ?= -p n_problems 30 -p n_samples 4 -p metric reward -y "demo_levels: [1, 2, 3, 4, 5]"
+# Each run saves checkpoints 20 and 40; 05 evaluates them and the primed start on 30 held-out problems × 4 samples.
+# EXP_TRAIN passes more 04 parameters, e.g. make experiments EXP_TRAIN="-p max_steps 80" EXP_SAVE_STEPS=40
+EXP_SAVE_STEPS ?= 20
+EXP_TRAIN ?=
+EXP_EVAL ?= -p n_problems 30 -p n_samples 4 -p max_new_tokens 64 -p metric reward -y "demo_levels: [1, 2, 3, 4, 5]"
+EXP_THREADS ?=
+EXP_ENV := $(if $(EXP_THREADS),OMP_NUM_THREADS=$(EXP_THREADS))
+EXP_ABS := $(abspath $(EXP_DIR))
 experiments: $(STAMP)
 	@if [ -e $(EXP_DIR) ]; then old=$(EXP_DIR).$$(date +%Y%m%d-%H%M%S); mv $(EXP_DIR) $$old; echo "kept the previous experiments as $$old"; fi
 	@mkdir -p $(EXP_DIR)
-	$(PY) -m openrs_nb.experiments measure --out $(EXP_DIR)
-	@set -e; for e in 1 2 3; do \
-		d=$(CURDIR)/$(EXP_DIR)/exp$$e; \
-		echo "=== experiment $$e: 04_train"; \
-		$(PY) -m papermill --cwd notebooks --progress-bar notebooks/04_train.ipynb $$d/04_train.ipynb \
-			-p exp $$e -p profile demo -p run_dir $$d; \
-		echo "=== experiment $$e: 05_evaluate (the primed start and every checkpoint)"; \
-		$(PY) -m papermill --cwd notebooks --progress-bar notebooks/05_evaluate.ipynb $$d/05_evaluate.ipynb \
-			-p run_dir $$d -p baseline $$d/train/format-priming -p system_prompt train $(EXP_EVAL); \
-	done
-	$(PY) -m papermill --cwd notebooks --progress-bar notebooks/06_results.ipynb $(EXP_DIR)/06_results.ipynb \
-		-p run_dir $(CURDIR)/$(EXP_DIR) \
-		-y "{runs: [$(CURDIR)/$(EXP_DIR)/exp1/train, $(CURDIR)/$(EXP_DIR)/exp2/train, $(CURDIR)/$(EXP_DIR)/exp3/train], \
-		     eval_dir: [$(CURDIR)/$(EXP_DIR)/exp1/eval, $(CURDIR)/$(EXP_DIR)/exp2/eval, $(CURDIR)/$(EXP_DIR)/exp3/eval]}"
+	@$(MAKE) --no-print-directory $(EXP_ABS)/solve_rates.json $(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/05_evaluate.ipynb)
+	$(EXP_ENV) $(PY) -m papermill --cwd notebooks --progress-bar notebooks/06_results.ipynb $(EXP_DIR)/06_results.ipynb \
+		-p run_dir $(EXP_ABS) \
+		-y "{runs: [$(EXP_ABS)/exp1/train, $(EXP_ABS)/exp2/train, $(EXP_ABS)/exp3/train], \
+		     eval_dir: [$(EXP_ABS)/exp1/eval, $(EXP_ABS)/exp2/eval, $(EXP_ABS)/exp3/eval]}"
 	@echo; echo "Done. 06 side by side: $(EXP_DIR)/06_results.ipynb   figures: $(EXP_DIR)/figures/06_*.png"
+
+$(EXP_ABS)/solve_rates.json:
+	$(EXP_ENV) $(PY) -m openrs_nb.experiments measure --out $(EXP_ABS)
+
+# one experiment: 04 trains it, then 05 evaluates its primed start and every checkpoint
+$(EXP_ABS)/exp%/05_evaluate.ipynb:
+	@echo "=== experiment $*: 04_train"
+	@mkdir -p $(@D)
+	$(EXP_ENV) $(PY) -m papermill --cwd notebooks --progress-bar notebooks/04_train.ipynb $(@D)/04_train.ipynb \
+		-p exp $* -p profile demo -p run_dir $(@D) -p save_steps $(EXP_SAVE_STEPS) $(EXP_TRAIN)
+	@echo "=== experiment $*: 05_evaluate (the primed start and every checkpoint)"
+	$(EXP_ENV) $(PY) -m papermill --cwd notebooks --progress-bar notebooks/05_evaluate.ipynb $(@D)/05_evaluate.running.ipynb \
+		-p run_dir $(@D) -p baseline $(@D)/train/format-priming -p system_prompt train $(EXP_EVAL)
+	mv $(@D)/05_evaluate.running.ipynb $@
 
 ## make test: the linter, then unit tests + every notebook under nbval in its quick (smoke) setting
 test: $(STAMP) lint
