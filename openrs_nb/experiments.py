@@ -117,6 +117,11 @@ def measure_solve_rates(model: str | Path, *, levels=DEMO_LEVELS, n_problems: in
     prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": r["problem"]}] for r in rows]
     settings = dict(step="solve_rate", max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, seed=seed,
                     prompt=hashlib.sha1(system_prompt.encode()).hexdigest()[:12])
+    primed = Path(model) / "priming.json"
+    if primed.is_file():  # a model primed again in the same folder with other settings is another model
+        from openrs_nb.files import read_json
+
+        settings["priming"] = read_json(primed)
     outs = data.cached_generate(str(model), [r["problem"] for r in rows], prompts, n=k, cache_path=cache_path,
                                 settings=settings, tokenizer=tokenizer, backend="transformers", progress=progress,
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, seed=seed,
