@@ -194,6 +194,9 @@ def is_experiment_set(configs: list[dict]) -> bool:
     return sorted(c.get("exp") for c in configs) == [1, 2, 3] and all(c.get("profile") == "demo" for c in configs)
 
 
+DESIGN = design_from_rates({lv: r["rate"] for lv, r in MEASURED.items()}, LONGEST_BUDGET)
+"""The committed design: what openrs_nb.config's demo presets hold (a test checks they agree)."""
+
 # =================================================================================================
 # Evidence for the paper's insights, from a run's own numbers (each with its standard error)
 # =================================================================================================
@@ -421,7 +424,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-
-
-DESIGN = design_from_rates({lv: r["rate"] for lv, r in MEASURED.items()}, LONGEST_BUDGET)
-"""The committed design: what openrs_nb.config's demo presets hold (a test checks they agree)."""
