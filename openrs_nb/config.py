@@ -547,15 +547,12 @@ def cuda_gpu_count() -> int:
 
 
 def memory_limit_gib() -> float:
-    """Memory this process may use: the cgroup limit (containers, Binder) or the machine's RAM."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text) / 2**30
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    """Memory this process may use: its own cgroup's limit (containers, Binder, systemd-run) or the machine's RAM."""
+    from openrs_nb.cpu import cgroup_memory_limit
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = cgroup_memory_limit()
+    return min(ram, limit if limit is not None else ram) / 2**30
 
 
 LORA_BELOW_GIB = 4.0  # a full fp32 fine-tune of the 135M demo model with Adam peaks near 2.2 GB

@@ -6,6 +6,7 @@ adapters on that model. The memory itself is measured by benchmarks/bench_demo_m
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,16 @@ def test_large_blocks_are_mmapped_on_request_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     glibc = platform.libc_ver()[0] == "glibc"
     assert out == ["False", str(glibc), str(glibc), "False"]
+
+
+def test_the_demo_switches_to_lora_under_its_own_cgroups_memory_limit(monkeypatch):
+    from openrs_nb import config, cpu
+
+    monkeypatch.setattr(cpu, "cgroup_memory_limit", lambda: 2 * 2**30)  # e.g. systemd-run -p MemoryMax=2G
+    assert config.memory_limit_gib() == 2.0
+    assert config.load_experiment(2, "demo").lora is True
+    assert config.load_experiment(2, "demo", lora=False).lora is False
+    monkeypatch.setattr(cpu, "cgroup_memory_limit", lambda: None)  # no limit: the machine's RAM
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert config.memory_limit_gib() == ram
+    assert config.load_experiment(2, "demo").lora is (ram < config.LORA_BELOW_GIB)
