@@ -59,15 +59,20 @@ def repair_jsonl_tail(path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        complete = isinstance(json.loads(data[start:]), dict)
-    except ValueError:
-        complete = False
     with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return  # the usual case: one byte read, the file is left alone
+        f.seek(0)
+        data = f.read()
+        start = data.rfind(b"\n") + 1
+        try:
+            complete = isinstance(json.loads(data[start:]), dict)
+        except ValueError:
+            complete = False
         if complete:
             f.seek(0, os.SEEK_END)
             f.write(b"\n")
