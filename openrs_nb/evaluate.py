@@ -100,6 +100,7 @@ PAPER_BENCHMARKS = ("aime24", "math500", "amc23", "minerva", "olympiadbench")
 DEMO = "demo"
 DEMO_SIZE = 100  # held-out demo problems when no limit is given
 BENCHMARK_NAMES = (*BENCHMARKS, DEMO)
+DTYPES = ("auto", "float32", "bfloat16")  # evaluate(dtype=...)
 _ID_FIELDS = ("id", "unique_id", "idx")
 
 COMPLETIONS_FILE = "completions.jsonl"
@@ -637,9 +638,9 @@ def run_work(spec: ModelSpec, work: list[dict], out_path: str | os.PathLike, set
         return 0
     model, tokenizer = spec.path, None
     if backend == "transformers":
-        from openrs_nb.models import load_policy, load_tokenizer
+        from openrs_nb.models import load_sampling_model, load_tokenizer
 
-        model, tokenizer = load_policy(spec.path), load_tokenizer(spec.path)
+        model, tokenizer = load_sampling_model(spec.path, settings.get("dtype", "float32")), load_tokenizer(spec.path)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for w in work:
         groups[tuple(w["samples"])].append(w)
@@ -777,10 +778,11 @@ def evaluate(
     system_prompt: str | None = None,
     backend: str = "auto",
     num_workers: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     chunk_size: int | None = None,
     grade_timeout: float = 5.0,
     metric: str = "paper",
+    dtype: str = "auto",
     n_resamples: int = 2000,
     progress: bool = True,
 ) -> list[dict]:
@@ -797,6 +799,8 @@ def evaluate(
     (None: one batch on transformers, about VLLM_CHUNK_COMPLETIONS completions on vLLM).
     `metric`: "paper" scores `correct` as Table 1 was scored (lighteval's extractive match, see
     `grading`), "reward" with the training reward's rule; records keep both verdicts.
+    `dtype` of the weights on the transformers backend: "auto" = bfloat16 on CUDA and on CPUs with bf16
+    instructions (the authors evaluated with dtype=bfloat16), else float32 (openrs_nb.models.sampling_dtype).
     Completed (model, step, benchmark, problem, sample) records are reused from eval_dir/completions.jsonl;
     cached records scored under another metric are re-scored, not re-generated.
     """
@@ -819,6 +823,8 @@ def evaluate(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer or None")
     rule_for(names[0], metric)  # checks `metric`
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not valid: choose one of {', '.join(DTYPES)}")
     backend = pick_backend(backend)
     specs = resolve_models(model, steps)
     items = {b: load_benchmark(b, benchmark_path(benchmark_dir, b), limit=n_problems, levels=demo_levels)
@@ -831,6 +837,10 @@ def evaluate(
         num_workers = max(1, cuda_gpu_count()) if backend == "vllm" else 0
     settings = {"prompt_template": PROMPT_TEMPLATE, "system_prompt": system_prompt, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "seed": seed}
+    if backend == "transformers":  # vLLM picks its own (bf16 for these models)
+        from openrs_nb.models import sampling_dtype
+
+        settings["dtype"] = sampling_dtype() if dtype == "auto" else dtype
 
     eval_dir = project_path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,23 @@ def load_policy(name_or_path: str = DEMO, *, dtype=None, attn_implementation: st
     if device is not None:
         model.to(device)
     return model
+
+
+def sampling_dtype() -> str:
+    """The weights' dtype for sampling on the transformers backend: bfloat16 on CUDA and on CPUs with bf16
+    instructions (openrs_nb.cpu.has_fast_bf16), float32 elsewhere."""
+    import torch
+
+    from openrs_nb.cpu import has_fast_bf16
+
+    return "bfloat16" if torch.cuda.is_available() or has_fast_bf16() else "float32"
+
+
+def load_sampling_model(path: str, dtype: str):
+    """`path` loaded to sample from: in `dtype`, with eager attention on CPU. A decode step is one query
+    against a short KV cache, where torch's CPU flash kernel (sdpa) is slower than eager's two bmm
+    (16 completions × 56 tokens on 2 cores, bf16: 4.8 s eager vs 6.2-7.9 s sdpa; benchmarks/bench_generation.py)."""
+    import torch
+
+    attn = "sdpa" if torch.cuda.is_available() else "eager"
+    return load_policy(path, dtype=getattr(torch, dtype), attn_implementation=attn)

@@ -337,7 +337,7 @@ def plot_accuracy_vs_step(results: list[dict], benchmarks: Iterable[str] | None 
         raise ValueError(f"benchmark(s) {unknown} not in results; present: {sorted({r['benchmark'] for r in results})}")
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = _new_figure(nrows, ncols, 4.8 * ncols, 3.6 * nrows)
+    fig, axes = _new_figure(nrows, ncols, 4.8 * ncols, 4.4 * nrows)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     for ax, bench in zip(axes.flat, names):
@@ -362,7 +362,10 @@ def plot_accuracy_vs_step(results: list[dict], benchmarks: Iterable[str] | None 
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)  # training starts at step 0, where the dashed baseline is measured
         _integer_steps(ax)
-        ax.legend(fontsize=8)
+        n_entries = len(ax.get_legend_handles_labels()[1])
+        # below the panel: inside it, the legend hid points wherever the runs' curves were drawn
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=2 if n_entries > 3 else 1,
+                  frameon=False)
     fig.suptitle("Accuracy per checkpoint (bars: 95% interval); dashed: before training", fontsize=10)
     fig.tight_layout()
     return fig

@@ -685,8 +685,10 @@ def bf16_sampler(model, args):
     # deepcopy would share), and gradient checkpointing turns its KV cache off.
     config = copy.deepcopy(model.config)
     config.use_cache = True
-    sampler = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
-                                               attn_implementation=model.config._attn_implementation)
+    # Eager attention: a decode step is one query against a short KV cache, where torch's CPU flash
+    # kernel (sdpa) costs ~0.8 ms per layer call; eager's two bmm do it faster (16 completions × 56
+    # tokens on 2 cores: 4.8 s vs 6.2-7.9 s with sdpa, benchmarks/bench_generation.py).
+    sampler = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="eager")
     sampler.generation_config = copy.deepcopy(model.generation_config)
     return sampler.eval().requires_grad_(False)
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from openrs_nb import evaluate as ev
+from openrs_nb import models
+from openrs_nb.cpu import has_fast_bf16
 
 SHARED = Path(os.environ.get("OPENRS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BENCH_DIR = SHARED / "benchmarks"
@@ -369,6 +371,12 @@ def test_evaluate_a_training_run_in_one_call_and_discard_stale_completions(tiny_
     counter["completions"] = 0
     ev.evaluate(tiny_run / "checkpoint-2", "demo", eval_dir=eval_dir, **{**SMALL, "max_new_tokens": 3})
     assert counter["completions"] == 6  # other sampling settings: redone
+    entry = json.loads((eval_dir / ev.MANIFEST_FILE).read_text())["entries"][f"{ev._path_label(tiny_run)}@2"]
+    assert entry["settings"]["dtype"] == models.sampling_dtype()
+    other = "float32" if models.sampling_dtype() == "bfloat16" else "bfloat16"
+    counter["completions"] = 0
+    ev.evaluate(tiny_run / "checkpoint-2", "demo", eval_dir=eval_dir, **{**SMALL, "max_new_tokens": 3, "dtype": other})
+    assert counter["completions"] == 6  # weights in another dtype: redone
     results = json.loads((eval_dir / ev.RESULTS_FILE).read_text())
     assert sorted(r["step"] for r in results) == [1, 2]  # rows replaced per (model, step, benchmark), none lost
 
@@ -453,6 +461,17 @@ def test_vllm_runs_in_worker_processes_by_default(tiny_run, tmp_path, monkeypatc
     assert calls[0][2]["num_workers"] == 4
 
 
+def test_sampling_model_is_loaded_in_the_dtype_asked_with_eager_attention_on_cpu(tiny_run):
+    import torch
+
+    for dtype in ("float32", "bfloat16"):
+        model = models.load_sampling_model(str(tiny_run / "checkpoint-1"), dtype)
+        assert model.dtype == getattr(torch, dtype)
+        assert model.config._attn_implementation == ("sdpa" if torch.cuda.is_available() else "eager")
+    expected = "bfloat16" if torch.cuda.is_available() or has_fast_bf16() else "float32"
+    assert models.sampling_dtype() == expected
+
+
 def test_evaluate_rejects_bad_arguments_before_work(tmp_path):
     with pytest.raises(ValueError, match="olympiadbench"):
         ev.evaluate("demo", "aime", eval_dir=tmp_path)
@@ -460,6 +479,8 @@ def test_evaluate_rejects_bad_arguments_before_work(tmp_path):
         ev.evaluate("demo", "demo", eval_dir=tmp_path, n_samples=0)
     with pytest.raises(ValueError, match="backend"):
         ev.evaluate("demo", "demo", eval_dir=tmp_path, backend="tpu")
+    with pytest.raises(ValueError, match="auto, float32, bfloat16"):
+        ev.evaluate("demo", "demo", eval_dir=tmp_path, dtype="fp16")
     assert not (tmp_path / ev.COMPLETIONS_FILE).exists()
 
 

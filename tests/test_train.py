@@ -433,6 +433,7 @@ def test_the_bf16_sampler_is_a_bf16_copy_with_its_own_forward_and_kv_cache():
     sampler = train.bf16_sampler(model, cpu_bf16)
     sampler.load_state_dict(model.state_dict())
     assert sampler.dtype == torch.bfloat16 and sampler.config.use_cache and not sampler.training
+    assert sampler.config._attn_implementation == "eager"  # faster decode steps on CPU (bench_generation.py)
     assert not any(p.requires_grad for p in sampler.parameters())
     assert sampler.lm_head.weight.data_ptr() == sampler.model.embed_tokens.weight.data_ptr()  # still tied
     for name, low in sampler.state_dict().items():
