@@ -61,6 +61,31 @@ CPU, run by papermill in a cgroup v1 with memory.limit_in_bytes 2 GiB and cpu.cf
 0.2 s) was: probe 1.14 GiB, LoRA priming 1.39 GiB, the by-hand GRPO step 1.92 GiB (its reference
 log-probs taken from the policy before the update, gradient checkpointing on, completion logits only, its
 param group freed after), training steps 1-10 1.62 GiB (about 60 s a step).
+
+All weights, bf16 (the demo's setting on a CPU with bf16 instructions), experiment 2, 2 steps, one core
+(OMP_NUM_THREADS=1 taskset -c 1), working tree of 29 Nov 2026 (sampler with eager attention):
+
+    .venv/bin/python benchmarks/bench_demo_memory.py --lora off --steps 2 --set bf16=true
+
+    peak MiB      imports  data  probe  priming  trainer  step 1  step 2     peak
+    before            350   488   1136     3477      924    3532    4396   4.29 GiB  (119 s in all)
+
+Per phase of each step (one process, VmHWM reset at each phase; a scratch copy of this script's child with
+hooks on the trainer): step 1 peaks at AdamW's first step (3532 MiB: gradients, then m and v allocated);
+step 2 starts there (policy 513 + reference 513 + m, v 1026 + bf16 sampler 257 MiB + the process) and adds
+  generation +864 MiB (transient)   reference log-probs +1   policy log-probs +125   backward +342 (gradients)
+  optimizer step +0 (transformers' default optim on torch >= 2.8 is "adamw_torch_fused": no foreach
+  temporaries, so there is nothing to gain from foreach=False).
+The generation transient is the bf16 sampler's LM head at prefill: generate keeps the last position
+(logits_to_keep=1), a [16, 1, 576] slice with stride 32,256, and torch's matmul folds a non-contiguous 3-D
+input into one mm only when an operand requires grad; train.bf16_sampler sets requires_grad_(False), so
+the [576, 49152] weight is broadcast to [16, 576, 49152] and copied: 864 MiB at every rollout (measured
+alone too: a bf16 model's prefill of 16 x 56 tokens, 880 MiB with requires_grad False, 22 MiB with True;
+F.linear on the slice, 864 MiB vs 0). With the sampler's parameters left requiring grad (generation runs
+under torch.no_grad, so no graph is built): no transient, step 2 peaks in backward at 3973 MiB, the whole
+run at 3.88 GiB (target met); generation 8.8 -> 7.0 s, step time 32/30 s -> 29/26 s; logged kl at steps
+1 and 2 unchanged (0, 0.004398). Blocks >= 1 MiB mmapped (MALLOC_MMAP_THRESHOLD_=1048576, as under LoRA)
+instead: step 2 peak 3951 MiB, still at generation, at 45/38 s a step (not adopted).
 """
 
 from __future__ import annotations

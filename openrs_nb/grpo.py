@@ -349,16 +349,25 @@ def trl_trainer(
     num_generations: int = 2,
     max_completion_length: int = 64,
     output_dir: str = "runs/trl_reference",
+    keep_reference: bool = False,
     **overrides,
 ):
     """A real TRL 1.16 GRPOTrainer, built only to evaluate its loss on batches we construct.
 
     `model` is a path or a loaded model whose config names a path (TRL loads the reference model from
-    it when beta > 0). The config is the project's port (`TRL_ALIGNMENT`) on CPU, one process, no
-    gradient accumulation; `overrides` go to GRPOConfig (e.g. `use_bias_correction_kl=True`).
+    it when beta > 0; a loaded model is used as the policy itself, not copied). The config is the
+    project's port (`TRL_ALIGNMENT`) on CPU, one process, no gradient accumulation; `overrides` go to
+    GRPOConfig (e.g. `use_bias_correction_kl=True`).
+
+    Memory: TRL's CPU log-prob tiles are narrowed (`openrs_nb.cpu.narrow_trl_logprob_tiles`: same
+    log-probs, a fraction of the temporaries), and unless `keep_reference`, TRL's reference model is
+    released once built: its `compute_loss` reads `ref_per_token_logps` from the inputs (`trl_loss`
+    passes them), and only its own generate-and-score step, which these trainers never run, uses it.
     """
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    from openrs_nb.cpu import narrow_trl_logprob_tiles, release_memory
 
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r} is not valid; choose one of {', '.join(LOSS_TYPES)}")
@@ -384,13 +393,21 @@ def trl_trainer(
     def zero_reward(completions, **kwargs):  # never called: we hand the trainer our own advantages
         return [0.0] * len(completions)
 
-    return GRPOTrainer(
+    narrow_trl_logprob_tiles()
+    trainer = GRPOTrainer(
         model=model,
         reward_funcs=zero_reward,
         args=GRPOConfig(**settings),
         train_dataset=Dataset.from_dict({"prompt": ["unused"] * num_generations}),
         processing_class=tokenizer,
     )
+    if not keep_reference and trainer.ref_model is not None:
+        ref, trainer.ref_model = trainer.ref_model, None
+        # accelerate keeps every prepared model in its list: drop it there too, or it stays alive
+        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not ref]
+        del ref
+        release_memory()
+    return trainer
 
 
 def trl_loss(
@@ -439,6 +456,7 @@ def compare_with_trl(
     num_items_in_batch: float | None = None,
     temperature: float | None = None,
     use_bias_correction_kl: bool = False,
+    keep_grads: bool = True,
 ) -> dict[str, Any]:
     """TRL's loss and gradients against `grpo_loss`'s, on the trainer's model and the same tensors.
 
@@ -446,13 +464,23 @@ def compare_with_trl(
     loss_type, beta, epsilon and max_completion_length. `temperature` defaults to the trainer's (pass
     another to see what a mismatch does). Relative errors: |Δloss| / |loss_trl| and ‖Δgrad‖ / ‖grad_trl‖
     over all parameters.
+
+    `keep_grads=False` (a large model in little memory): no flattened copies of the two gradients
+    ("grad_trl" and "grad" are None); the second backward runs on -loss into the gradients the first
+    left, so they hold grad_trl - grad (one fp32 rounding per element) and ‖Δgrad‖ is read from them.
     """
     model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad()
     loss_trl, metrics = trl_loss(trainer, batch, advantages, old_logp, ref_logp, num_items_in_batch)
     loss_trl.backward()
-    grad_trl = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
-    model.zero_grad()
+    if keep_grads:
+        grad_trl = torch.cat([p.grad.flatten() for p in params if p.grad is not None])  # cat copies
+        model.zero_grad()
+    else:
+        grad_trl = None
+        with torch.no_grad():
+            grad_trl_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
     logp = completion_logprobs(model, batch, temperature=trainer.temperature if temperature is None else temperature)
     loss, stats = grpo_loss(
         logp, old_logp, ref_logp, advantages, batch["completion_mask"],
@@ -460,14 +488,22 @@ def compare_with_trl(
         max_completion_length=trainer.max_completion_length, num_items_in_batch=num_items_in_batch,
         use_bias_correction_kl=use_bias_correction_kl,
     )
-    loss.backward()
-    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+    if keep_grads:
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+        grad_rel_err = ((grad - grad_trl).norm() / grad_trl.norm()).item()
+    else:
+        (-loss).backward()  # accumulates: p.grad = grad_trl - grad
+        grad = None
+        with torch.no_grad():
+            diff = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
+        grad_rel_err = (diff / grad_trl_norm).item()
     model.zero_grad()
     return {
         "loss_trl": loss_trl.item(),
         "loss": loss.item(),
         "loss_rel_err": abs(loss.item() - loss_trl.item()) / abs(loss_trl.item()),
-        "grad_rel_err": ((grad - grad_trl).norm() / grad_trl.norm()).item(),
+        "grad_rel_err": grad_rel_err,
         "grad_trl": grad_trl,
         "grad": grad,
         "metrics_trl": metrics,

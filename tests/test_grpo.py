@@ -354,3 +354,37 @@ def test_on_policy_and_bias_corrected_kl_equal_trl(tiny_path, tokenizer, batch, 
     assert c["loss_rel_err"] <= 1e-5 and c["grad_rel_err"] <= 1e-5
     assert c["loss_trl"] == pytest.approx(r["loss_trl"], rel=1e-5)
     assert ((c["grad_trl"] - r["grad_trl"]).norm() / r["grad_trl"].norm()).item() > 1e-3
+
+
+@pytest.mark.slow
+def test_low_memory_comparison(tiny_path, tokenizer, batch, tmp_path):
+    """keep_grads=False measures the same gradient error without copies; the unused reference is released."""
+    import trl.trainer.utils as trl_utils
+
+    from openrs_nb.cpu import TRL_CPU_TILE
+
+    trainer = grpo.trl_trainer(tiny_path, tokenizer, loss_type="bnpo", temperature=0.7, output_dir=tmp_path)
+    assert trainer.ref_model is None and trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE <= TRL_CPU_TILE
+    kept = grpo.trl_trainer(tiny_path, tokenizer, output_dir=tmp_path, keep_reference=True)
+    assert kept.ref_model is not None
+    # the released reference is really freed (accelerate held it in its list of prepared models)
+    import gc
+
+    from transformers import PreTrainedModel
+
+    del kept
+    gc.collect()
+    causal_lms = [m for m in gc.get_objects() if isinstance(m, PreTrainedModel) and hasattr(m, "lm_head")]
+    assert causal_lms == [trainer.model]
+    adv = grpo.group_advantages([1.0, 0.0, 1.0, 0.5], num_generations=2)
+    old, ref = _off_policy_logps(trainer, batch, 0.7)
+    full = grpo.compare_with_trl(trainer, batch, adv, old, ref)
+    lean = grpo.compare_with_trl(trainer, batch, adv, old, ref, keep_grads=False)
+    assert lean["grad"] is None and lean["grad_trl"] is None
+    assert lean["loss"] == full["loss"] and lean["loss_trl"] == full["loss_trl"]
+    assert lean["grad_rel_err"] <= 1e-5 and lean["grad_rel_err"] == pytest.approx(full["grad_rel_err"], abs=1e-7)
+    # a real mismatch shows up the same way in both
+    wrong = [grpo.compare_with_trl(trainer, batch, adv, old, ref, temperature=1.0, keep_grads=k)["grad_rel_err"]
+             for k in (True, False)]
+    assert wrong[0] > 1e-2 and wrong[1] == pytest.approx(wrong[0], rel=1e-4)
+    assert all(p.grad is None for p in trainer.model.parameters())
