@@ -690,7 +690,11 @@ def bf16_sampler(model, args):
     # tokens on 2 cores: 4.8 s vs 6.2-7.9 s with sdpa, benchmarks/bench_generation.py).
     sampler = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="eager")
     sampler.generation_config = copy.deepcopy(model.generation_config)
-    return sampler.eval().requires_grad_(False)
+    # Its parameters keep requires_grad=True although it never trains (generate runs under no_grad): at
+    # prefill, generate hands the LM head the last position as a non-contiguous [B, 1, d] slice, and with no
+    # tensor requiring grad torch's matmul broadcasts the [d, V] weight to [B, d, V] instead of folding the
+    # batch into one matrix product: +864 MiB per rollout at the demo's shapes (benchmarks/bench_demo_memory.py).
+    return sampler.eval()
 
 
 def write_grpo_config(args, path: str | Path) -> Path:

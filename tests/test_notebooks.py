@@ -54,6 +54,21 @@ def test_notebook_refuses_a_misspelled_parameter_first(tmp_path, path):
     failed = [i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert failed == [injected + 1], (injected, failed)
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path):
+    """papermill skips (with a warning) a parameter line with a second '=' in its comment, then calls the
+    -p value 'unknown'; `papermill --help-notebook` would not list it."""
+    import ast
+
+    import papermill
+
+    cell = next(c for c in json.loads(path.read_text())["cells"]
+                if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = {t.id for node in ast.parse("".join(cell["source"])).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)}
+    assert set(papermill.inspect_notebook(str(path))) == assigned
+
+
 def test_04_refuses_an_unknown_parameter_before_loading_anything(tmp_path):
     from papermill.exceptions import PapermillExecutionError
 
