@@ -499,6 +499,12 @@ def cached_generate(model, problems: Sequence[str], prompts: Sequence, *, n: int
     16 prompts with transformers; about generation.VLLM_CHUNK_COMPLETIONS completions with vLLM."""
     from openrs_nb.generation import VLLM_CHUNK_COMPLETIONS, generate, pick_backend
 
+    backend = pick_backend(backend)
+    if backend == "transformers":  # the weights' dtype is part of what made a completion
+        from openrs_nb.models import sampling_dtype
+
+        dtype = sampling_dtype() if isinstance(model, str) else str(model.dtype).removeprefix("torch.")
+        settings = {**settings, "dtype": dtype}
     key = model_key(model)
     sid = _settings_id(settings)
     cache = read_cache(cache_path, key, settings)
@@ -506,12 +512,11 @@ def cached_generate(model, problems: Sequence[str], prompts: Sequence, *, n: int
     missing = [[s for s in range(n) if (key, h, s) not in cache] for h in hashes]
     first = {h: i for i, h in reversed(list(enumerate(hashes)))}
     todo = [i for i, m in enumerate(missing) if m and first[hashes[i]] == i]  # a repeated problem: once
-    backend = pick_backend(backend)
     if todo and backend == "transformers" and isinstance(model, str):
-        from openrs_nb.models import load_policy, load_tokenizer
+        from openrs_nb.models import load_sampling_model, load_tokenizer
 
         tokenizer = tokenizer or load_tokenizer(model)
-        model = load_policy(model)  # once, not once per chunk
+        model = load_sampling_model(model, settings["dtype"])  # once, not once per chunk
     if chunk_size is None:  # vLLM's engine is built once per process and reused across calls
         chunk_size = max(1, VLLM_CHUNK_COMPLETIONS // n) if backend == "vllm" else 16
     if cache_path is not None:

@@ -632,3 +632,24 @@ def test_curation_cache_runs_vllm_in_chunks_and_resumes(tmp_path, monkeypatch):
     out = data.cached_generate("demo", problems, prompts, **kw)
     assert fake.calls[2:] == [2, 1] and fake.engines == 1
     assert [len(o) for o in out] == [3] * 5
+
+
+def test_curation_cache_on_transformers_samples_in_the_sampling_dtype_and_keys_it(tiny_run, tmp_path, monkeypatch):
+    from openrs_nb import data
+
+    loaded = []
+    real = models.load_sampling_model
+    monkeypatch.setattr(models, "load_sampling_model", lambda path, dtype: loaded.append(dtype) or real(path, dtype))
+    path = str(tiny_run / "checkpoint-1")
+    problems = ["What is 1 + 1?", "What is 2 + 2?"]
+    prompts = [[{"role": "user", "content": p}] for p in problems]
+    kw = dict(n=2, cache_path=tmp_path / "cache.jsonl", settings={"k": 2}, backend="transformers", progress=False,
+              max_new_tokens=3)
+    data.cached_generate(path, problems, prompts, **kw)
+    assert loaded == [models.sampling_dtype()]
+    key = data.model_key(path)
+    assert len(data.read_cache(tmp_path / "cache.jsonl", key, {"k": 2, "dtype": models.sampling_dtype()})) == 4
+    other = "float32" if models.sampling_dtype() == "bfloat16" else "bfloat16"
+    assert data.read_cache(tmp_path / "cache.jsonl", key, {"k": 2, "dtype": other}) == {}
+    data.cached_generate(path, problems, prompts, **kw)
+    assert len(loaded) == 1  # all cached: nothing loaded, nothing generated
