@@ -503,8 +503,9 @@ def cached_generate(model, problems: Sequence[str], prompts: Sequence, *, n: int
     if backend == "transformers":  # the weights' dtype is part of what made a completion
         from openrs_nb.models import sampling_dtype
 
-        dtype = sampling_dtype() if isinstance(model, str) else str(model.dtype).removeprefix("torch.")
-        settings = {**settings, "dtype": dtype}
+        dtype = sampling_dtype() if isinstance(model, str) else getattr(model, "dtype", None)
+        if dtype is not None:
+            settings = {**settings, "dtype": str(dtype).removeprefix("torch.")}
     key = model_key(model)
     sid = _settings_id(settings)
     cache = read_cache(cache_path, key, settings)
