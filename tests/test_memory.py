@@ -125,6 +125,9 @@ def test_the_demo_switches_to_lora_under_its_own_cgroups_memory_limit(monkeypatc
     assert config.memory_limit_gib() == 2.0
     assert config.load_experiment(2, "demo").lora is True
     assert config.load_experiment(2, "demo", lora=False).lora is False
+    base = config.load_experiment(2, "demo", lora=False).learning_rate
+    assert config.load_experiment(2, "demo").learning_rate == base * config.LORA_LR_SCALE  # LoRA steps larger
+    assert config.load_experiment(2, "demo", lora=True, learning_rate=3e-5).learning_rate == 3e-5
     monkeypatch.setattr(cpu, "cgroup_memory_limit", lambda: None)  # no limit: the machine's RAM
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     assert config.memory_limit_gib() == ram
