@@ -14,7 +14,7 @@ DEMO_EXP ?= 2
 # CPU-only torch: use PyTorch's CPU index when it is reachable (elsewhere a local CPU wheel must be found).
 TORCH_INDEX := $(shell curl -s -m 5 -o /dev/null -w '%{http_code}' https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null | grep -q 200 && echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo experiments test lab gpu-smoke clean-runs strip-notebooks lint
+.PHONY: demo experiments experiments-continue test lab gpu-smoke clean-runs strip-notebooks lint
 
 $(STAMP): requirements-cpu.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "openrs_nb needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -54,14 +54,22 @@ EXP_EVAL ?= -p n_problems 30 -p n_samples 4 -p max_new_tokens 64 -p metric rewar
 EXP_THREADS ?=
 EXP_ENV := $(if $(EXP_THREADS),OMP_NUM_THREADS=$(EXP_THREADS))
 EXP_ABS := $(abspath $(EXP_DIR))
+EXP_06 = {runs: [$(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/train,)], eval_dir: [$(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/eval,)]}
 experiments: $(STAMP)
 	@if [ -e $(EXP_DIR) ]; then old=$(EXP_DIR).$$(date +%Y%m%d-%H%M%S); mv $(EXP_DIR) $$old; echo "kept the previous experiments as $$old"; fi
 	@mkdir -p $(EXP_DIR)
-	@$(MAKE) --no-print-directory $(EXP_ABS)/solve_rates.json $(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/05_evaluate.ipynb)
-	$(EXP_ENV) $(PY) -m papermill --cwd notebooks --progress-bar notebooks/06_results.ipynb $(EXP_DIR)/06_results.ipynb \
-		-p run_dir $(EXP_ABS) \
-		-y "{runs: [$(EXP_ABS)/exp1/train, $(EXP_ABS)/exp2/train, $(EXP_ABS)/exp3/train], \
-		     eval_dir: [$(EXP_ABS)/exp1/eval, $(EXP_ABS)/exp2/eval, $(EXP_ABS)/exp3/eval]}"
+	@$(MAKE) --no-print-directory $(EXP_ABS)/06_results.ipynb
+
+## make experiments-continue: finish an interrupted `make experiments` in place (only what is missing runs;
+## 04 resumes a run from its last checkpoint)
+experiments-continue: $(STAMP)
+	@mkdir -p $(EXP_DIR)
+	@$(MAKE) --no-print-directory $(EXP_ABS)/06_results.ipynb
+
+$(EXP_ABS)/06_results.ipynb: $(EXP_ABS)/solve_rates.json $(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/05_evaluate.ipynb)
+	$(EXP_ENV) $(PY) -m papermill --cwd notebooks --progress-bar notebooks/06_results.ipynb $(@D)/06_results.running.ipynb \
+		-p run_dir $(EXP_ABS) -y "$(EXP_06)"
+	mv $(@D)/06_results.running.ipynb $@
 	@echo; echo "Done. 06 side by side: $(EXP_DIR)/06_results.ipynb   figures: $(EXP_DIR)/figures/06_*.png"
 
 $(EXP_ABS)/solve_rates.json:
