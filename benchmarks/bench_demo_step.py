@@ -48,9 +48,17 @@ Measured on the project's 2-core CPU (AMD EPYC, avx512_bf16), experiment 2 demo,
     policy fwd    3.37     2.04 (0.60x)
     policy bwd    9.30     6.61 (0.71x)
     step         25.08    18.41 (0.73x)  best limit 415 GFLOP/s = 6.96 s: 3.6x (fp32) and 2.6x (bf16) of it
-  The 2x target is not met: generation runs at 13% of the bf16 limit (per decoded token, 16 rows times
-  every weight; a 1-thread profile: aten::mm 63%, multinomial's exponential_ 7%, KV-cache copy/cat 11%),
-  the bf16 training passes at 54-65%.
+  after the sampling changes (the bf16 copy with eager attention and requires_grad on, see
+  bench_generation.py and bench_demo_memory.py), 2026-11-29 15:22:
+    piece        fp32 s   bf16 s
+    generation    8.65     5.39 (0.62x)
+    reference     3.08     1.80 (0.58x)
+    policy fwd    3.27     2.32 (0.71x)
+    policy bwd    8.80     7.01 (0.80x)
+    step         24.42    16.78 (0.69x)  best limit 412 GFLOP/s = 7.00 s: 3.5x (fp32) and 2.4x (bf16) of it
+  The 2x target is still not met: generation now runs at 20% of the bf16 limit (before: 13%; per decoded
+  token, 16 rows times every weight; a 1-thread profile: aten::mm 63%, multinomial's exponential_ 7%,
+  KV-cache copy/cat 11%), the bf16 training passes at 51-66%.
 Earlier, under load (OMP_NUM_THREADS=1, load average 5–30), `--numerics` on 16 sampled completions
 (673 tokens): per-token log-prob |Δ| max 1.01, mean 0.040 nats between bf16 autocast and fp32; GRPO loss
 -0.002062 vs -0.001878; gradient ‖Δ‖/‖g‖ 0.107. Learning was then checked directly: the exp 2 demo in bf16
