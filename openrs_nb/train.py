@@ -685,9 +685,7 @@ def bf16_sampler(model, args):
     # deepcopy would share), and gradient checkpointing turns its KV cache off.
     config = copy.deepcopy(model.config)
     config.use_cache = True
-    # Eager attention: a decode step is one query against a short KV cache, where torch's CPU flash
-    # kernel (sdpa) costs ~0.8 ms per layer call; eager's two bmm do it faster (16 completions × 56
-    # tokens on 2 cores: 4.8 s vs 6.2-7.9 s with sdpa, benchmarks/bench_generation.py).
+    # Eager attention, as every CPU sampler here (openrs_nb.models.load_sampling_model says why).
     sampler = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="eager")
     sampler.generation_config = copy.deepcopy(model.generation_config)
     # Its parameters keep requires_grad=True although it never trains (generate runs under no_grad): at
