@@ -34,7 +34,7 @@ demo: $(STAMP)
 	@mkdir -p $(RUN_DIR)
 	@set -e; for nb in notebooks/[0-9]*.ipynb; do \
 		echo "=== $$nb"; \
-		extra=$$([ $$(basename $$nb) = 04_train.ipynb ] && echo "-p exp $(DEMO_EXP)"); \
+		extra=""; if [ $$(basename $$nb) = 04_train.ipynb ]; then extra="-p exp $(DEMO_EXP)"; fi; \
 		$(PY) -m papermill --cwd notebooks --progress-bar $$nb $(RUN_DIR)/$$(basename $$nb) -p run_dir $(CURDIR)/$(RUN_DIR) $$extra; \
 	done
 	@echo; echo "Done. Executed notebooks: $(RUN_DIR)/*.ipynb   figures: $(RUN_DIR)/figures/*.png"

@@ -88,3 +88,21 @@ def test_04_dry_run_of_the_paper_profile_writes_the_launch_files(tmp_path):
     assert run["exp"] == 2 and run["learning_rate"] == 2e-6 and run["model_name_or_path"].startswith("deepseek-ai/")
     script = (tmp_path / "train" / "launch.sh").read_text()
     assert "trl vllm-serve" in script and "accelerate launch" in script
+
+
+def test_make_demo_runs_every_notebook_in_order():
+    """The README's main command: its shell loop must reach all six notebooks (with `set -e`, a failing test
+    in an assignment once stopped it silently at the first one)."""
+    import shutil
+    import subprocess
+
+    run_dir = "runs/_make_demo_dry"
+    root = NOTEBOOKS[0].parent.parent
+    try:
+        out = subprocess.run(["make", "--no-print-directory", "demo", "PY=echo", f"RUN_DIR={run_dir}"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        shutil.rmtree(root / run_dir, ignore_errors=True)
+    calls = [line for line in out.splitlines() if line.startswith("-m papermill")]
+    assert [c.split()[5] for c in calls] == [f"notebooks/{p.name}" for p in NOTEBOOKS]
+    assert [c.endswith("-p exp 2") for c in calls] == [p.name == "04_train.ipynb" for p in NOTEBOOKS]
