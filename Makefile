@@ -57,8 +57,7 @@ EXP_ABS := $(abspath $(EXP_DIR))
 EXP_06 = {runs: [$(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/train,)], eval_dir: [$(foreach e,1 2 3,$(EXP_ABS)/exp$(e)/eval,)]}
 experiments: $(STAMP)
 	@if [ -e $(EXP_DIR) ]; then old=$(EXP_DIR).$$(date +%Y%m%d-%H%M%S); mv $(EXP_DIR) $$old; echo "kept the previous experiments as $$old"; fi
-	@mkdir -p $(EXP_DIR)
-	@$(MAKE) --no-print-directory $(EXP_ABS)/06_results.ipynb
+	@$(MAKE) --no-print-directory experiments-continue
 
 ## make experiments-continue: finish an interrupted `make experiments` in place (only what is missing runs;
 ## 04 resumes a run from its last checkpoint)

@@ -6,6 +6,7 @@ process may run on come from its affinity mask and its cgroup's CPU quota.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -16,17 +17,18 @@ from pathlib import Path
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is no such file)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is no such file); read once per process."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+            return frozenset(value.split())
+    return frozenset()
 
 
 def has_fast_bf16() -> bool:
