@@ -446,6 +446,12 @@ def trl_loss(
     return loss, metrics
 
 
+def _grad_norm(params) -> float:
+    """‖grad‖ over all parameters from per-tensor norms, without copying a gradient (`p.grad.double() ** 2`
+    made two 226 MB temporaries for SmolLM2's embedding)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
+
+
 def compare_with_trl(
     trainer,
     batch: dict[str, torch.Tensor],
@@ -479,8 +485,7 @@ def compare_with_trl(
         model.zero_grad()
     else:
         grad_trl = None
-        with torch.no_grad():
-            grad_trl_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
+        grad_trl_norm = _grad_norm(params)
     logp = completion_logprobs(model, batch, temperature=trainer.temperature if temperature is None else temperature)
     loss, stats = grpo_loss(
         logp, old_logp, ref_logp, advantages, batch["completion_mask"],
@@ -495,9 +500,7 @@ def compare_with_trl(
     else:
         (-loss).backward()  # accumulates: p.grad = grad_trl - grad
         grad = None
-        with torch.no_grad():
-            diff = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None))
-        grad_rel_err = (diff / grad_trl_norm).item()
+        grad_rel_err = _grad_norm(params) / grad_trl_norm
     model.zero_grad()
     return {
         "loss_trl": loss_trl.item(),
