@@ -7,6 +7,7 @@ docstring (the string under it); `describe()` prints them next to their values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -466,6 +467,13 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
+@functools.cache  # once per process: 06 loads three experiments
+def _log_bf16_choice(bf16: bool) -> None:
+    logger.info("bf16=%s: this CPU %s bf16 instructions%s; pass bf16=%s to override.", bf16,
+                "has" if bf16 else "has no", " (bf16 autocast for training, a bf16 copy for sampling)" if bf16 else "",
+                not bf16)
+
+
 # Per-experiment choices from the paper text (Section 3).
 _PAPER_EXPERIMENTS: dict[int, dict[str, Any]] = {
     1: dict(dataset="knoveleng/open-s1", reward_funcs=["format", "accuracy"], max_completion_length=4096),
@@ -598,10 +606,7 @@ def load_experiment(exp: int = 3, profile: str = "auto", **overrides: Any) -> Ex
             from openrs_nb.cpu import has_fast_bf16
 
             values["bf16"] = has_fast_bf16()
-            logger.info("bf16=%s: this CPU %s bf16 instructions%s; pass bf16=%s to override.", values["bf16"],
-                        "has" if values["bf16"] else "has no",
-                        " (bf16 autocast for training, a bf16 copy for sampling)" if values["bf16"] else "",
-                        not values["bf16"])
+            _log_bf16_choice(values["bf16"])
         if "lora" not in overrides and memory_limit_gib() < LORA_BELOW_GIB:
             values["lora"] = True
             logger.info("%.1f GiB of memory: the demo trains LoRA adapters (lora=True) instead of all weights; "

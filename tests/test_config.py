@@ -128,3 +128,13 @@ def test_project_paths_are_independent_of_the_working_folder(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert config.project_path("runs/demo") == config.project_root() / "runs" / "demo"
     assert config.default_run_dir(True).name == "smoke"
+
+
+def test_the_bf16_choice_is_logged_once_per_process(caplog):
+    config._log_bf16_choice.cache_clear()
+    with caplog.at_level("INFO", logger="openrs_nb.config"):
+        for exp in (1, 2, 3):
+            load_experiment(exp, "demo")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bf16=")]
+    assert len(lines) == 1, lines
+    assert "bf16 instructions" in lines[0]
