@@ -69,6 +69,10 @@ All weights, bf16 (the demo's setting on a CPU with bf16 instructions), experime
 
     peak MiB      imports  data  probe  priming  trainer  step 1  step 2     peak
     before            350   488   1136     3477      924    3532    4396   4.29 GiB  (119 s in all)
+    after (eceb9b0)   350   486   1130     3491      933    3534    4012   3.92 GiB  (116 s in all)
+
+"after" is the committed code, run on its own beside a 1-core notebook job on the other core; the
+patched run of the investigation below had 3.88 GiB.
 
 Per phase of each step (one process, VmHWM reset at each phase; a scratch copy of this script's child with
 hooks on the trainer): step 1 peaks at AdamW's first step (3532 MiB: gradients, then m and v allocated);
