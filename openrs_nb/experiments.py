@@ -11,7 +11,8 @@ the solve rate of each level of the demo generator (openrs_nb.data.make_demo_dat
 format-primed SmolLM2-135M that GRPO starts from, with the curation step's cached sampler
 (openrs_nb.data.cached_generate), and `design_from_rates` turns the rates into the three presets.
 `MEASURED` holds the measurement the committed presets were derived from; `python -m
-openrs_nb.experiments measure` repeats it (cached, so it runs once) and says whether it agrees.
+openrs_nb.experiments measure` repeats a smaller one (cached, so it runs once; `--problems 32 --seed 11`
+repeats MEASURED's) and says whether it agrees.
 """
 
 from __future__ import annotations
@@ -30,16 +31,19 @@ PAPER_MIX_COUNTS = {"hard": 3000, "medium": 3000, "easy": 1000}
 PAPER_BUDGETS = {1: 4096, 2: 3584, 3: 3584}
 BUDGET_SCALE = PAPER_BUDGETS[2] / PAPER_BUDGETS[1]  # 0.875
 
-# The measurement the committed presets come from (python -m openrs_nb.experiments measure; MEASURE_SETTINGS):
-# SmolLM2-135M after format priming (seed 42, worked examples of every level), 8 training-split problems per
-# level × 8 samples at temperature 1.0 with the demo system prompt and a 64-token budget, graded with
-# openrs_nb.grading. "se" is the standard error over problems (N − 1).
+# The measurement the committed presets come from (`python -m openrs_nb.experiments measure --out DIR
+# --problems 32 --seed 11`, 29 Nov 2026; 12 min on one core): SmolLM2-135M after format priming (seed 42, worked
+# examples of every level), 32 training-split problems per level × 8 samples at temperature 1.0 with the demo
+# system prompt and a 64-token budget (bf16 sampling with eager attention on this CPU, openrs_nb.models),
+# graded with openrs_nb.grading. "se" is the standard error over problems (N − 1). Two earlier 8 × 8
+# measurements (fp32 sampling) gave the same design; `make experiments` repeats a quick 8 × 8 check
+# (MEASURE_SETTINGS), whose ±2-5 point SEs let it pick another level now and then (06 says so).
 MEASURED: dict[int, dict[str, float]] = {
-    1: dict(rate=0.0625, problems=8, samples=8, solved_any=0.25, se=0.0472),
-    2: dict(rate=0.171875, problems=8, samples=8, solved_any=0.5, se=0.0706),
-    3: dict(rate=0.03125, problems=8, samples=8, solved_any=0.25, se=0.0205),
-    4: dict(rate=0.0625, problems=8, samples=8, solved_any=0.375, se=0.0334),
-    5: dict(rate=0.0, problems=8, samples=8, solved_any=0.0, se=0.0),
+    1: dict(rate=0.0859375, problems=32, samples=8, solved_any=0.5, se=0.0181),
+    2: dict(rate=0.125, problems=32, samples=8, solved_any=0.5, se=0.0263),
+    3: dict(rate=0.03125, problems=32, samples=8, solved_any=0.21875, se=0.0112),
+    4: dict(rate=0.06640625, problems=32, samples=8, solved_any=0.4375, se=0.0148),
+    5: dict(rate=0.00390625, problems=32, samples=8, solved_any=0.03125, se=0.0039),
 }
 LONGEST_BUDGET = 64
 """Exp 1's completion budget in tokens (the demo's; the longest worked solution of a level is ~57 tokens)."""
@@ -81,7 +85,8 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 # Measuring the solve rate of each demo level for the primed model
 # =================================================================================================
 MEASURE_SETTINGS = dict(n_problems=8, k=8, seed=7)
-"""Problems per level, samples per problem, and the seed of the measurement (train split problems)."""
+"""Problems per level, samples per problem, and the seed of `measure`'s default check (train split problems);
+MEASURED used n_problems=32, seed=11."""
 
 
 def primed_model(out_dir: str | Path, seed: int = 42) -> Path:
@@ -374,15 +379,18 @@ def load_rates(path: str | Path | None = None) -> tuple[dict[int, SolveRate], st
     return committed, "committed measurement (openrs_nb.experiments.MEASURED)"
 
 
-def measure(out_dir: str | Path, *, seed: int = 42, progress: bool = True) -> dict:
+def measure(out_dir: str | Path, *, seed: int = 42, n_problems: int | None = None, sample_seed: int | None = None,
+            progress: bool = True) -> dict:
     """Prime, measure every level (cached under the model cache, so a second call generates nothing), write
-    out_dir/RATES_FILE and return it, with the design it implies and whether that is the committed one."""
+    out_dir/RATES_FILE and return it, with the design it implies and whether that is the committed one.
+    `n_problems` and `sample_seed` default to MEASURE_SETTINGS; `seed` seeds the priming."""
     from openrs_nb.files import write_json_atomic
     from openrs_nb.models import cache_dir
 
     work = cache_dir() / "solve_rates"
     model = primed_model(work, seed=seed)
-    s = MEASURE_SETTINGS
+    s = dict(MEASURE_SETTINGS)
+    s.update({k: v for k, v in dict(n_problems=n_problems, seed=sample_seed).items() if v is not None})
     rates = measure_solve_rates(model, n_problems=s["n_problems"], k=s["k"], seed=s["seed"],
                                 max_new_tokens=LONGEST_BUDGET, cache_path=work / "cache.jsonl", progress=progress)
     design = design_from_rates({lv: r.rate for lv, r in rates.items()}, LONGEST_BUDGET)
@@ -414,8 +422,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("command", choices=["measure"])
     ap.add_argument("--out", required=True, help="folder for solve_rates.json")
+    ap.add_argument("--problems", type=int, default=MEASURE_SETTINGS["n_problems"],
+                    help="problems per level (MEASURED used 32)")
+    ap.add_argument("--seed", type=int, default=MEASURE_SETTINGS["seed"],
+                    help="seed of the sampled problems and completions (MEASURED used 11)")
     args = ap.parse_args(argv)
-    doc = measure(args.out)
+    if args.problems < 2:
+        ap.error(f"--problems must be at least 2 (a standard error needs two problems); got {args.problems}")
+    doc = measure(args.out, n_problems=args.problems, sample_seed=args.seed)
     rates = {int(k): SolveRate(**v) for k, v in doc["rates"].items()}
     print(rates_table(rates))
     print("design:", doc["design"])

@@ -88,6 +88,27 @@ def test_measure_writes_the_rates_and_says_whether_they_give_the_committed_desig
     assert {lv: r.rate for lv, r in rates.items()} == {lv: r["rate"] for lv, r in ex.MEASURED.items()}
 
 
+def test_measure_repeats_the_committed_measurement_with_its_settings(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_rates(model, **kw):
+        seen.update(kw)
+        return {lv: ex.SolveRate(lv, r["rate"], r["problems"], r["samples"], r["solved_any"], r["se"])
+                for lv, r in ex.MEASURED.items()}
+
+    monkeypatch.setattr(ex, "primed_model", lambda work, seed=42: tmp_path / "format-priming")
+    monkeypatch.setattr(ex, "measure_solve_rates", fake_rates)
+    monkeypatch.setenv("OPENRS_CACHE", str(tmp_path / "cache"))
+    ex.main(["measure", "--out", str(tmp_path / "out"), "--problems", "32", "--seed", "11"])
+    assert (seen["n_problems"], seen["seed"]) == (32, 11)
+    doc = json.loads((tmp_path / "out" / ex.RATES_FILE).read_text())
+    assert (doc["settings"]["n_problems"], doc["settings"]["seed"]) == (32, 11)
+    assert all(r["problems"] == 32 for r in ex.MEASURED.values())  # the committed one is that size
+    with pytest.raises(SystemExit):
+        ex.main(["measure", "--out", str(tmp_path / "out"), "--problems", "1"])
+    assert "--problems must be at least 2" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 def test_welch_and_paired_against_hand_computation():
     a, b = [0.1, 0.2, 0.3, 0.2], [0.5, 0.4, 0.6]
