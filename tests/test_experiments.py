@@ -68,8 +68,10 @@ def test_rates_table_and_load_rates(tmp_path):
     assert "| 1 | What is" in table and "50.0% ± 10.0" in table
 
 
-def test_measure_writes_the_rates_and_says_whether_they_give_the_committed_design(tmp_path, monkeypatch, capsys):
-    """The `measure` command's bookkeeping (the sampling itself is measure_solve_rates, run for MEASURED)."""
+@pytest.fixture
+def fake_measure(tmp_path, monkeypatch):
+    """`measure` without priming or sampling: returns the keyword arguments measure_solve_rates received,
+    which answers with the committed MEASURED rates."""
     seen = {}
 
     def fake_rates(model, **kw):
@@ -80,27 +82,24 @@ def test_measure_writes_the_rates_and_says_whether_they_give_the_committed_desig
     monkeypatch.setattr(ex, "primed_model", lambda work, seed=42: tmp_path / "format-priming")
     monkeypatch.setattr(ex, "measure_solve_rates", fake_rates)
     monkeypatch.setenv("OPENRS_CACHE", str(tmp_path / "cache"))
+    return seen
+
+
+def test_measure_writes_the_rates_and_says_whether_they_give_the_committed_design(tmp_path, fake_measure, capsys):
+    """The `measure` command's bookkeeping (the sampling itself is measure_solve_rates, run for MEASURED)."""
     ex.main(["measure", "--out", str(tmp_path / "out")])
     assert "same as the committed presets: True" in capsys.readouterr().out
+    seen = fake_measure
     assert seen["max_new_tokens"] == ex.LONGEST_BUDGET and seen["k"] == ex.MEASURE_SETTINGS["k"]
+    assert (seen["n_problems"], seen["seed"]) == (ex.MEASURE_SETTINGS["n_problems"], ex.MEASURE_SETTINGS["seed"])
     assert str(seen["cache_path"]).startswith(str(tmp_path / "cache"))
     rates, where = ex.load_rates(tmp_path / "out" / ex.RATES_FILE)
     assert {lv: r.rate for lv, r in rates.items()} == {lv: r["rate"] for lv, r in ex.MEASURED.items()}
 
 
-def test_measure_repeats_the_committed_measurement_with_its_settings(tmp_path, monkeypatch, capsys):
-    seen = {}
-
-    def fake_rates(model, **kw):
-        seen.update(kw)
-        return {lv: ex.SolveRate(lv, r["rate"], r["problems"], r["samples"], r["solved_any"], r["se"])
-                for lv, r in ex.MEASURED.items()}
-
-    monkeypatch.setattr(ex, "primed_model", lambda work, seed=42: tmp_path / "format-priming")
-    monkeypatch.setattr(ex, "measure_solve_rates", fake_rates)
-    monkeypatch.setenv("OPENRS_CACHE", str(tmp_path / "cache"))
+def test_measure_repeats_the_committed_measurement_with_its_settings(tmp_path, fake_measure, capsys):
     ex.main(["measure", "--out", str(tmp_path / "out"), "--problems", "32", "--seed", "11"])
-    assert (seen["n_problems"], seen["seed"]) == (32, 11)
+    assert (fake_measure["n_problems"], fake_measure["seed"]) == (32, 11)
     doc = json.loads((tmp_path / "out" / ex.RATES_FILE).read_text())
     assert (doc["settings"]["n_problems"], doc["settings"]["seed"]) == (32, 11)
     assert all(r["problems"] == 32 for r in ex.MEASURED.values())  # the committed one is that size
