@@ -72,7 +72,10 @@ All weights, bf16 (the demo's setting on a CPU with bf16 instructions), experime
     after (eceb9b0)   350   486   1130     3491      933    3534    4012   3.92 GiB  (116 s in all)
 
 "after" is the committed code, run on its own beside a 1-core notebook job on the other core; the
-patched run of the investigation below had 3.88 GiB.
+patched run of the investigation below had 3.88 GiB. Over more steps it grows (`--steps 12 --set
+save_steps=5`, 2 threads, quiet): step peaks 3935-4080 MiB from step 3 on, resident after each step
+3441 MiB (step 1) -> 3808 MiB (step 12), with no jump at the checkpoint steps 5 and 10; notebook 04 in
+make demo (40 steps) peaked at 4.2 GiB. Allocator retention, as under LoRA before its mmap threshold.
 
 Per phase of each step (one process, VmHWM reset at each phase; a scratch copy of this script's child with
 hooks on the trainer): step 1 peaks at AdamW's first step (3532 MiB: gradients, then m and v allocated);
