@@ -35,9 +35,10 @@ BUDGET_SCALE = PAPER_BUDGETS[2] / PAPER_BUDGETS[1]  # 0.875
 # --problems 32 --seed 11`, 29 Nov 2026; 12 min on one core): SmolLM2-135M after format priming (seed 42, worked
 # examples of every level), 32 training-split problems per level × 8 samples at temperature 1.0 with the demo
 # system prompt and a 64-token budget (bf16 sampling with eager attention on this CPU, openrs_nb.models),
-# graded with openrs_nb.grading. "se" is the standard error over problems (N − 1). Two earlier 8 × 8
-# measurements (fp32 sampling) gave the same design; `make experiments` repeats a quick 8 × 8 check
-# (MEASURE_SETTINGS), whose ±2-5 point SEs let it pick another level now and then (06 says so).
+# graded with openrs_nb.grading. "se" is the standard error over problems (N − 1). Of three earlier 8 × 8
+# measurements the first gave this design and two picked level 4 as hard: their ±2-5 point SEs do not separate
+# levels 3 and 4. `make experiments` still repeats a quick 8 × 8 check (MEASURE_SETTINGS; 06 says when it
+# implies another design).
 MEASURED: dict[int, dict[str, float]] = {
     1: dict(rate=0.0859375, problems=32, samples=8, solved_any=0.5, se=0.0181),
     2: dict(rate=0.125, problems=32, samples=8, solved_any=0.5, se=0.0263),
