@@ -380,18 +380,17 @@ def load_rates(path: str | Path | None = None) -> tuple[dict[int, SolveRate], st
     return committed, "committed measurement (openrs_nb.experiments.MEASURED)"
 
 
-def measure(out_dir: str | Path, *, seed: int = 42, n_problems: int | None = None, sample_seed: int | None = None,
-            progress: bool = True) -> dict:
+def measure(out_dir: str | Path, *, seed: int = 42, n_problems: int = MEASURE_SETTINGS["n_problems"],
+            sample_seed: int = MEASURE_SETTINGS["seed"], progress: bool = True) -> dict:
     """Prime, measure every level (cached under the model cache, so a second call generates nothing), write
     out_dir/RATES_FILE and return it, with the design it implies and whether that is the committed one.
-    `n_problems` and `sample_seed` default to MEASURE_SETTINGS; `seed` seeds the priming."""
+    `seed` seeds the priming, `sample_seed` the problems and completions."""
     from openrs_nb.files import write_json_atomic
     from openrs_nb.models import cache_dir
 
     work = cache_dir() / "solve_rates"
     model = primed_model(work, seed=seed)
-    s = dict(MEASURE_SETTINGS)
-    s.update({k: v for k, v in dict(n_problems=n_problems, seed=sample_seed).items() if v is not None})
+    s = dict(MEASURE_SETTINGS, n_problems=n_problems, seed=sample_seed)
     rates = measure_solve_rates(model, n_problems=s["n_problems"], k=s["k"], seed=s["seed"],
                                 max_new_tokens=LONGEST_BUDGET, cache_path=work / "cache.jsonl", progress=progress)
     design = design_from_rates({lv: r.rate for lv, r in rates.items()}, LONGEST_BUDGET)
