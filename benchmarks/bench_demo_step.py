@@ -24,9 +24,11 @@ Several variants run side by side in one process, each in its own thread, taking
     .venv/bin/python benchmarks/bench_demo_step.py                       # fp32 vs bf16
     .venv/bin/python benchmarks/bench_demo_step.py --variants fp32,fp32+lora,bf16+lora --steps 5
 
-Variant = '+'-joined tokens: fp32 | bf16 (autocast over fp32 weights), lora, gc (gradient checkpointing),
-t<N> (torch threads), ga<N> (the step's completions in N micro-batches), chunk<N> (TRL's CPU log-prob
-tile width). `--numerics` compares bf16 autocast with fp32 on TRL's log-probs, loss and gradient.
+Variant = '+'-joined tokens: fp32 | bf16 (autocast over fp32 weights), lora, gc / nogc (gradient checkpointing
+on / off; default: the demo's setting), t<N> (torch threads), ga<N> (the step's completions in N
+micro-batches), chunk<N> (TRL's CPU log-prob tile width), multinomial (the bf16 sampler draws as
+transformers does, with a full-vocabulary torch.multinomial, instead of openrs_nb.generation.FastSampling).
+`--numerics` compares bf16 autocast with fp32 on TRL's log-probs, loss and gradient.
 
 Variant "bf16" is what the demo runs on CPUs with bf16 instructions: autocast over fp32 weights for the
 training passes, and rollouts sampled from a bf16 copy of the weights (openrs_nb.train.bf16_sampler).
@@ -275,12 +277,17 @@ def step_flops(shape: ModelShape, step: dict) -> dict[str, float]:
 # Variants
 # ---------------------------------------------------------------------------------------------
 def parse_variant(spec: str) -> dict:
-    v = {"name": spec, "bf16": False, "lora": False, "threads": None, "ga": 1, "gc": False, "chunk": None}
+    v = {"name": spec, "bf16": False, "lora": False, "threads": None, "ga": 1, "gc": None, "chunk": None,
+         "multinomial": False}
     for tok in spec.split("+"):
         if tok in ("fp32", "bf16"):
             v["bf16"] = tok == "bf16"
         elif tok in ("lora", "gc"):
             v[tok] = True
+        elif tok == "nogc":
+            v["gc"] = False
+        elif tok == "multinomial":
+            v["multinomial"] = True
         elif tok.startswith("t") and tok[1:].isdigit():
             v["threads"] = int(tok[1:])
         elif tok.startswith("ga") and tok[2:].isdigit():
@@ -288,8 +295,8 @@ def parse_variant(spec: str) -> dict:
         elif tok.startswith("chunk") and tok[5:].isdigit():
             v["chunk"] = int(tok[5:])
         else:
-            raise SystemExit(f"unknown variant token {tok!r} in {spec!r}; use fp32, bf16, lora, gc, t<N>, ga<N>, "
-                             "chunk<N>")
+            raise SystemExit(f"unknown variant token {tok!r} in {spec!r}; use fp32, bf16, lora, gc, nogc, t<N>, "
+                             "ga<N>, chunk<N>, multinomial")
     return v
 
 
@@ -299,7 +306,7 @@ def variant_config(base, v):
     if batch % (v["ga"] * base.num_generations):
         raise SystemExit(f"ga{v['ga']}: {batch} completions do not split into {v['ga']} micro-batches of whole groups")
     return dataclasses.replace(base, bf16=v["bf16"], lora=v["lora"],
-                               gradient_checkpointing=v["gc"] or base.gradient_checkpointing,
+                               gradient_checkpointing=base.gradient_checkpointing if v["gc"] is None else v["gc"],
                                per_device_train_batch_size=batch // v["ga"], gradient_accumulation_steps=v["ga"])
 
 
@@ -321,6 +328,8 @@ def child(args) -> None:
         from openrs_nb import cpu
 
         cpu.narrow_trl_logprob_tiles = lambda: setattr(trl.trainer.utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", v["chunk"])
+    if v["multinomial"]:  # the bf16 sampler draws as transformers does, not with generation.FastSampling
+        train.fast_generate = lambda model, *a, **k: type(model).generate(model, *a, **k)
     result = os.fdopen(args.result_fd, "w", buffering=1)
 
     def go():

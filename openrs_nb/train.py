@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ from openrs_nb.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from openrs_nb.generation import fast_generate
 
 logger = logging.getLogger(__name__)
 
@@ -692,6 +694,8 @@ def bf16_sampler(model, args):
     # prefill, generate hands the LM head the last position as a non-contiguous [B, 1, d] slice, and with no
     # tensor requiring grad torch's matmul broadcasts the [d, V] weight to [B, d, V] instead of folding the
     # batch into one matrix product: +864 MiB per rollout at the demo's shapes (benchmarks/bench_demo_memory.py).
+    # TRL calls generate with do_sample=True; the same draw without a full-vocabulary torch.multinomial per token.
+    sampler.generate = functools.partial(fast_generate, sampler)
     return sampler.eval()
 
 

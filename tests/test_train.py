@@ -416,7 +416,7 @@ def test_the_bf16_sampler_is_a_bf16_copy_with_its_own_forward_and_kv_cache():
     import types
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -446,6 +446,14 @@ def test_the_bf16_sampler_is_a_bf16_copy_with_its_own_forward_and_kv_cache():
         low = sampler(input_ids=ids).logits.float()  # its own forward, not the patched one
     assert (low - full).abs().max() < 0.05 * full.abs().max()
     out = sampler.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (3, 12)
+    # TRL samples with do_sample=True; the sampler draws with generation.FastSampling, not torch.multinomial.
+    real, sampling = torch.multinomial, GenerationConfig(do_sample=True, max_new_tokens=5, pad_token_id=0)
+    try:
+        torch.multinomial = lambda *a, **k: 1 / 0
+        out = sampler.generate(ids, generation_config=sampling)
+    finally:
+        torch.multinomial = real
     assert out.shape == (3, 12)
 
     # a weight update reaches the copy on the next load (what the trainer does once per optimizer step)
