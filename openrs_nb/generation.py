@@ -113,12 +113,10 @@ def fast_generate(model, inputs=None, generation_config=None, logits_processor=N
     """`model.generate(...)` (same arguments) with do_sample's draw done by FastSampling (the same
     distribution, see there) where the generation config is plain sampling; anything else goes to
     model.generate unchanged."""
-    import copy
-
     from transformers import LogitsProcessorList
 
-    config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
-    model_kwargs = config.update(**kwargs)  # generation parameters go into the config; the rest are model inputs
+    # The settings generate itself would use: call kwargs > generation_config > the model's > transformers' defaults
+    config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
     fast = None if logits_processor else fast_sampling(config)
     if fast is None:
         return type(model).generate(model, inputs, generation_config=generation_config,

@@ -131,3 +131,20 @@ def test_fast_generate_takes_generate_s_positional_inputs(tiny):
     assert a.shape == (2, 8) and torch.equal(a, b)
     assert torch.equal(fast_generate(tiny, ids, max_new_tokens=3, pad_token_id=0),  # greedy: transformers' own
                        tiny.generate(ids, max_new_tokens=3, pad_token_id=0))
+
+
+def test_fast_generate_uses_the_model_s_own_sampling_defaults(tiny):
+    # Settings the call leaves unset come from model.generation_config, as in generate: here its top_k.
+    ids = torch.randint(3, 96, (256, 4))
+    with torch.no_grad():
+        top3 = tiny(input_ids=ids).logits[:, -1].topk(3).indices
+    tiny.generation_config.top_k = 3
+    try:
+        torch.manual_seed(0)
+        out = fast_generate(tiny, input_ids=ids, do_sample=True, max_new_tokens=1, pad_token_id=0)
+    finally:
+        tiny.generation_config.top_k = None
+    assert (out[:, -1:] == top3).any(dim=-1).all()
+    torch.manual_seed(0)  # without that top_k the draws leave the top 3 (a near-uniform random model)
+    free = fast_generate(tiny, input_ids=ids, do_sample=True, top_k=0, max_new_tokens=1, pad_token_id=0)
+    assert not (free[:, -1:] == top3).any(dim=-1).all()
