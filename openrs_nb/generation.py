@@ -30,11 +30,11 @@ def pick_backend(backend: str = "auto") -> str:
     return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "transformers"
 
 
-# Drawing a token, not computing its logits, was 40% of 05's CPU generate time (bf16 demo model, 32 rows):
-# with do_sample=True, transformers sorts the whole vocabulary for top-p (TopPLogitsWarper, ~30 ms for
-# 16 × 49,152 here) and draws with torch.multinomial, whose exponential_ over every entry costs another ~16 ms;
-# the model's forward for one token is ~50 ms. FastSampling draws from the same distribution with a top-k
-# of candidates and one uniform per row (~0.5 ms), inside a greedy generate.
+# Drawing the tokens, not computing their logits, took 40% of 05's CPU generate time (torch profiler; bf16
+# demo model, 32 rows × 96 tokens, 2 threads): with do_sample=True transformers sorts the whole vocabulary
+# for top-p (TopPLogitsWarper: aten::sort 23%) and draws with torch.multinomial, whose exponential_ noise
+# over every entry took 17% (16 ms per token for 16 rows of 49,152). FastSampling draws from the same
+# distribution with a top-k of candidates and one uniform number per row, inside a greedy generate.
 FAST_SAMPLING_CANDIDATES = 256
 
 
@@ -92,38 +92,38 @@ class FastSampling:
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
-def fast_sampling(config):
-    """(greedy GenerationConfig, [FastSampling]) that sample as `config` does, or None where `config` is not
-    plain sampling (greedy, beams) or uses a warper FastSampling does not have (min_p, typical_p, ...)."""
-    import copy
-
+def fast_sampling(config) -> FastSampling | None:
+    """The FastSampling that draws as `config` (a resolved GenerationConfig) samples, or None where `config`
+    is not plain sampling (greedy, beams) or uses a warper FastSampling does not have (min_p, typical_p, ...)."""
     c = config
     unsupported = (c.min_p is not None, (c.typical_p or 1.0) < 1.0, 0 < (c.epsilon_cutoff or 0) < 1,
                    0 < (c.eta_cutoff or 0) < 1, getattr(c, "top_h", None) is not None,
                    c.watermarking_config is not None, (c.num_beams or 1) > 1, c.do_sample is not True)
     if any(unsupported):
         return None
-    sampler = FastSampling(c.temperature or 1.0, c.top_k or 0, 1.0 if c.top_p is None else c.top_p)
-    greedy = copy.deepcopy(config)
-    greedy.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    return greedy, [sampler]
+    return FastSampling(c.temperature or 1.0, c.top_k or 0, 1.0 if c.top_p is None else c.top_p)
 
 
 def fast_generate(model, inputs=None, generation_config=None, logits_processor=None, **kwargs):
     """`model.generate(...)` (same arguments) with do_sample's draw done by FastSampling (the same
     distribution, see there) where the generation config is plain sampling; anything else goes to
     model.generate unchanged."""
+    import copy
+
     from transformers import LogitsProcessorList
 
-    # The settings generate itself would use: call kwargs > generation_config > the model's > transformers' defaults
-    config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
-    fast = None if logits_processor else fast_sampling(config)
-    if fast is None:
+    # What generate itself would use: call kwargs > generation_config > the model's > transformers' defaults
+    resolved, _ = model._prepare_generation_config(generation_config, **kwargs)
+    sampler = None if logits_processor else fast_sampling(resolved)
+    if sampler is None:
         return type(model).generate(model, inputs, generation_config=generation_config,
                                     logits_processor=logits_processor, **kwargs)
-    greedy, processors = fast
+    greedy = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
+    model_kwargs = greedy.update(**kwargs)  # generation settings go into the config; the rest are model inputs
+    # transformers' neutral values: greedy decoding ignores them, and it warns about any other
+    greedy.update(do_sample=False, temperature=1.0, top_k=50, top_p=1.0)
     return type(model).generate(model, inputs, generation_config=greedy,
-                                logits_processor=LogitsProcessorList(processors), **model_kwargs)
+                                logits_processor=LogitsProcessorList([sampler]), **model_kwargs)
 
 
 def render_prompts(prompts: Sequence[Prompt], tokenizer) -> list[str]:

@@ -81,9 +81,8 @@ def test_bad_settings_are_refused():
 
 def test_only_plain_sampling_takes_the_fast_path():
     plain = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=4)
-    greedy, (sampler,) = fast_sampling(plain)
-    assert greedy.do_sample is False and (sampler.temperature, sampler.top_k, sampler.top_p) == (0.6, 0, 0.95)
-    assert plain.do_sample is True  # the caller's config is not changed
+    sampler = fast_sampling(plain)
+    assert (sampler.temperature, sampler.top_k, sampler.top_p) == (0.6, 0, 0.95)
     for other in (dict(do_sample=False), dict(min_p=0.1), dict(typical_p=0.5), dict(num_beams=2)):
         assert fast_sampling(GenerationConfig(**{**plain.to_diff_dict(), **other})) is None, other
 
@@ -110,6 +109,7 @@ def test_fast_generate_samples_without_multinomial(tiny, monkeypatch):
     torch.manual_seed(3)
     b = fast_generate(tiny, input_ids=ids, generation_config=config)
     assert a.shape == (4, 15) and torch.equal(a, b)
+    assert config.do_sample is True and config.temperature == 0.7  # the caller's config is left as it was
     assert not (a[:, 6:] == 2).any()  # min_new_tokens still holds: eos is masked before the draw
     # Keyword arguments, as generation.generate passes them, take the same path.
     torch.manual_seed(3)
@@ -148,3 +148,21 @@ def test_fast_generate_uses_the_model_s_own_sampling_defaults(tiny):
     torch.manual_seed(0)  # without that top_k the draws leave the top 3 (a near-uniform random model)
     free = fast_generate(tiny, input_ids=ids, do_sample=True, top_k=0, max_new_tokens=1, pad_token_id=0)
     assert not (free[:, -1:] == top3).any(dim=-1).all()
+
+
+def test_fast_generate_adds_no_warnings_for_a_sampling_model(caplog):
+    import transformers
+
+    # A model that samples by default (as DeepSeek-R1-Distill's generation_config.json: temperature 0.6, top_p 0.95)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.update(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            out = fast_generate(model, torch.randint(3, 96, (2, 4)), max_new_tokens=3)
+    finally:
+        transformers.logging.disable_propagation()
+    assert out.shape == (2, 7)
+    assert not [r for r in caplog.records if r.name.startswith("transformers")], caplog.text
