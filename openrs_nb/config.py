@@ -491,6 +491,9 @@ _PAPER_EXPERIMENTS: dict[int, dict[str, Any]] = {
 # generated arithmetic problems, ≤64-token completions, 4 prompts × 4 completions a step, and a deliberately
 # short format priming (3 SFT steps on 24 examples) that leaves the format partly unlearned, so the
 # groups differ in reward and GRPO has something to learn. 04_train shows what it learns.
+# 24 steps (6 minutes on 2 cores): in exp 2 runs of 40 steps (seeds 42, 1, 2) the mean total reward had
+# gained +0.81, +0.92 and +1.02 by step 24 (first vs last quarter of steps 1-24), +1.16 to +1.99 by step 40;
+# `make experiments` trains its three runs 40 steps.
 _DEMO: dict[str, Any] = dict(
     model_name_or_path="demo",
     dataset="demo",
@@ -499,7 +502,7 @@ _DEMO: dict[str, Any] = dict(
     learning_rate=1e-5,
     lr_scheduler_type="constant_with_warmup",
     warmup_ratio=0.0,
-    max_steps=40,
+    max_steps=24,
     per_device_train_batch_size=16,
     gradient_accumulation_steps=1,
     gradient_checkpointing=True,  # Table 5's value; peak memory of a demo step 5.1 -> 3.5 GiB (bench_demo_memory.py)
@@ -508,7 +511,7 @@ _DEMO: dict[str, Any] = dict(
     max_prompt_length=256,
     max_completion_length=64,
     temperature=1.0,
-    save_steps=10,
+    save_steps=12,
     log_completions=False,
     cosine_max_len=200,
     use_vllm=False,
