@@ -74,8 +74,10 @@ All weights, bf16 (the demo's setting on a CPU with bf16 instructions), experime
 "after" is the committed code, run on its own beside a 1-core notebook job on the other core; the
 patched run of the investigation below had 3.88 GiB. Over more steps it grows (`--steps 12 --set
 save_steps=5`, 2 threads, quiet): step peaks 3935-4080 MiB from step 3 on, resident after each step
-3441 MiB (step 1) -> 3808 MiB (step 12), with no jump at the checkpoint steps 5 and 10; notebook 04 in
-make demo (40 steps) peaked at 4.2 GiB. Allocator retention, as under LoRA before its mmap threshold.
+3441 MiB (step 1) -> 3808 MiB (step 12), with no jump at the checkpoint steps 5 and 10. Notebook 04's
+kernel in make demo peaked at 4.2 GiB with 40 steps and again with 24 (4.22 GiB, VmHWM sampled every 0.5 s),
+so the notebook's peak is not reached by the growth over the later steps; where its last 0.2-0.3 GiB above
+this benchmark go was not found.
 
 Per phase of each step (one process, VmHWM reset at each phase; a scratch copy of this script's child with
 hooks on the trainer): step 1 peaks at AdamW's first step (3532 MiB: gradients, then m and v allocated);
