@@ -491,9 +491,9 @@ _PAPER_EXPERIMENTS: dict[int, dict[str, Any]] = {
 # generated arithmetic problems, ≤64-token completions, 4 prompts × 4 completions a step, and a deliberately
 # short format priming (3 SFT steps on 24 examples) that leaves the format partly unlearned, so the
 # groups differ in reward and GRPO has something to learn. 04_train shows what it learns.
-# 24 steps (6 minutes on 2 cores): in exp 2 runs of 40 steps (seeds 42, 1, 2) the mean total reward had
-# gained +0.81, +0.92 and +1.02 by step 24 (first vs last quarter of steps 1-24), +1.16 to +1.99 by step 40;
-# `make experiments` trains its three runs 40 steps.
+# 24 steps (6.3 minutes of training on 2 cores): the exp 2 demo's mean total reward gained +0.80, +0.66 and
+# +1.03 from the first to the last quarter of them (seeds 42, 1, 2; 04 requires +0.25; README). `make
+# experiments` trains its three runs 40 steps.
 _DEMO: dict[str, Any] = dict(
     model_name_or_path="demo",
     dataset="demo",
