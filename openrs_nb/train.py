@@ -445,6 +445,29 @@ def priming_target(solution: str, answer: str, format_mode: str) -> str:
     return f"<think>\n{reasoning}\n</think>\n<answer>\\boxed{{{answer}}}</answer>"
 
 
+def format_logprob(model, tokenizer, rows, format_mode: str) -> float:
+    """Mean log-probability per token that `model` (a path or a loaded model) gives each row's format-priming
+    target (`priming_target`, then eos) after the row's prompt: how strongly it expects the rewarded format,
+    measured without sampling noise."""
+    import torch
+
+    from openrs_nb.models import load_policy
+
+    if isinstance(model, (str, Path)):
+        model = load_policy(str(model))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+            target = priming_target(row["solution"], row["answer"], format_mode) + tokenizer.eos_token
+            p_ids, t_ids = (tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                            for t in (prompt, target))
+            logits = model(input_ids=torch.cat([p_ids, t_ids], 1), logits_to_keep=t_ids.shape[1] + 1).logits
+            logp = logits[:, :-1].float().log_softmax(-1).gather(-1, t_ids[..., None])
+            total, count = total + logp.sum().item(), count + t_ids.shape[1]
+    return total / count
+
+
 # LoRA format priming (cfg.lora): the adapters start at zero (B = 0) and move the model far less per step
 # than a full-weight update at the same learning rate, so priming scales sft_learning_rate by this factor.
 # Measured on the exp 2 demo (3 steps, 24 examples; 04's probe after priming, 6 groups of 4): all weights at

@@ -462,3 +462,29 @@ def test_the_bf16_sampler_is_a_bf16_copy_with_its_own_forward_and_kv_cache():
     sampler.load_state_dict(model.state_dict())
     assert torch.equal(sampler.model.layers[0].mlp.up_proj.weight,
                        model.model.layers[0].mlp.up_proj.weight.to(torch.bfloat16))
+
+
+def test_format_logprob_is_the_mean_token_log_probability_of_the_priming_target():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from openrs_nb.models import load_tokenizer
+
+    tok = load_tokenizer("demo")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
+    rows = [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "solution": "2 + 3 = 5\n5", "answer": "5"},
+            {"prompt": [{"role": "user", "content": "What is 7 - 4?"}], "solution": "7 - 4 = 3\n3", "answer": "3"}]
+    # Brute force: every position's logits, the target tokens' log-probabilities picked one by one.
+    total, count = 0.0, 0
+    for row in rows:
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        target = train.priming_target(row["solution"], row["answer"], "strict") + tok.eos_token
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        t = tok(target, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([p + t])).logits[0].log_softmax(-1)
+        total += sum(logp[len(p) - 1 + i, token].item() for i, token in enumerate(t))
+        count += len(t)
+    assert train.format_logprob(model, tok, rows, "strict") == pytest.approx(total / count, abs=1e-5)
