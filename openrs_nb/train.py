@@ -471,10 +471,10 @@ def format_logprob(model, tokenizer, rows, format_mode: str) -> float:
 # LoRA format priming (cfg.lora): the adapters start at zero (B = 0) and move the model far less per step
 # than a full-weight update at the same learning rate, so priming scales sft_learning_rate by this factor.
 # Measured on the exp 2 demo (3 steps, 24 examples; 04's probe after priming, 6 groups of 4): all weights at
-# 5e-5: SFT loss 1.26 -> 0.27, formatted 0.08, zero-variance groups 0.50. LoRA ×10: formatted 0.00 (04's
-# assert fails); ×20: loss -> 0.30, formatted 0.04, zero-variance 0.50, the closest to all weights; ×40:
-# loss -> 0.18, formatted 0.42, 0.17, but 04's first-order check of the by-hand step then misses its 10%
-# bound (11.6%); ×80: loss -> 0.31, formatted 0.04, 0.67 (too large a step).
+# 5e-5: SFT loss 1.26 -> 0.27, formatted 0.08, zero-variance groups 0.50. LoRA ×10: formatted 0.00 (the
+# probe caught no formatted completion); ×20: loss -> 0.30, formatted 0.04, zero-variance 0.50, the closest to
+# all weights; ×40: loss -> 0.18, formatted 0.42, 0.17, but 04's first-order check of the by-hand step then
+# misses its 10% bound (11.6%); ×80: loss -> 0.31, formatted 0.04, 0.67 (too large a step).
 LORA_PRIMING_LR_SCALE = 20.0
 
 
