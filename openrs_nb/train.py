@@ -451,20 +451,18 @@ def format_logprob(model, tokenizer, rows, format_mode: str) -> float:
     measured without sampling noise."""
     import torch
 
+    from openrs_nb import grpo
     from openrs_nb.models import load_policy
 
     if isinstance(model, (str, Path)):
         model = load_policy(str(model))
     total, count = 0.0, 0
     with torch.no_grad():
-        for row in rows:
-            prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-            target = priming_target(row["solution"], row["answer"], format_mode) + tokenizer.eos_token
-            p_ids, t_ids = (tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"]
-                            for t in (prompt, target))
-            logits = model(input_ids=torch.cat([p_ids, t_ids], 1), logits_to_keep=t_ids.shape[1] + 1).logits
-            logp = logits[:, :-1].float().log_softmax(-1).gather(-1, t_ids[..., None])
-            total, count = total + logp.sum().item(), count + t_ids.shape[1]
+        for row in rows:  # one row at a time: no padding
+            target = priming_target(row["solution"], row["answer"], format_mode)
+            batch = grpo.completion_batch(tokenizer, [row["prompt"]], [target])
+            total += grpo.completion_logprobs(model, batch).sum().item()
+            count += int(batch["completion_mask"].sum())
     return total / count
 
 
